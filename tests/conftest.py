@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny LLaMA-style tokenizer chain and tiny models, built once per session.
+
+Nothing is downloaded: the base tokenizer is trained on the English text shipped in
+`zhllama/data`, the Chinese one on the shipped Chinese text, and models are random and seeded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from zhllama.core import console
+from zhllama.core.assets import data_path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A file in ../shared/data, or skip the test when the shared data is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    return shared
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `zhllama ARGS...` in-process; returns (exit_code, stdout, stderr)."""
+    from zhllama.cli.app import run
+
+    def _run(*args: str) -> tuple[int, str, str]:
+        code = run([str(a) for a in args])
+        out, err = capsys.readouterr()
+        console.SETTINGS.json = console.SETTINGS.quiet = console.SETTINGS.debug = False
+        return code, out, err
+
+    return _run
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer(artifacts) -> Path:
+    """A LLaMA-shaped base tokenizer folder (BPE, byte fallback, <unk>/<s>/</s>), English only."""
+    from zhllama.core import spm, vocab
+
+    model = artifacts / "base_sp.model"
+    vocab.train([data_path("corpus_en.txt")], 400, model, model_type="bpe", byte_fallback=True)
+    out = artifacts / "base_tokenizer"
+    spm.write_tokenizer_dir(spm.load_proto(model), out, model_file=model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zh_sp_model(artifacts) -> Path:
+    from zhllama.core import vocab
+
+    model = artifacts / "zh_sp.model"
+    vocab.train([data_path("corpus_zh.txt")], 800, model, model_type="bpe")
+    return model
+
+
+@pytest.fixture(scope="session")
+def merged_tokenizer(artifacts, base_tokenizer, zh_sp_model) -> Path:
+    from zhllama.core import vocab
+
+    out = artifacts / "merged_tokenizer"
+    vocab.merge(base_tokenizer, [zh_sp_model], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(artifacts, base_tokenizer) -> Path:
+    """Tiny random LLaMA sized for the base (English) tokenizer."""
+    from zhllama.core.tiny import build_tiny_llama
+
+    return build_tiny_llama(artifacts / "tiny_base", tokenizer=base_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_zh_model(artifacts, merged_tokenizer) -> Path:
+    """Tiny random LLaMA sized for the merged Chinese tokenizer."""
+    from zhllama.core.tiny import build_tiny_llama
+
+    return build_tiny_llama(artifacts / "tiny_zh", tokenizer=merged_tokenizer, seed=0)

@@ -1,0 +1,1 @@
+"""Typer layer: thin commands that parse flags and call into `zhllama.core`."""

@@ -1,0 +1,1 @@
+"""Library layer: everything the CLI does lives here, importable and testable without Typer."""

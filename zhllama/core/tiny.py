@@ -1,0 +1,79 @@
+"""Tiny, seeded LLaMA checkpoints for tests, demos and benchmarks (no download, well under a second)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zhllama.core.atomic import atomic_dir
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    hidden_size: int = 64
+    intermediate_size: int = 176
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+
+
+def tiny_llama_config(vocab_size: int, shape: TinyShape = TinyShape(), bos_id: int = 1, eos_id: int = 2, pad_id=None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        rope_theta=shape.rope_theta,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        rms_norm_eps=1e-6,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        hidden_act="silu",
+    )
+
+
+def build_tiny_llama(
+    output: str | Path,
+    tokenizer: str | Path | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    shape: TinyShape = TinyShape(),
+    dtype: str = "float32",
+    force: bool = False,
+) -> Path:
+    """Write a random LLaMA checkpoint (safetensors) sized for `tokenizer` (or `vocab_size`).
+
+    The tokenizer files are copied next to the weights so the folder is a complete model.
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    from zhllama.core.tokenizer import ZhTokenizer
+
+    tok = ZhTokenizer(tokenizer) if tokenizer is not None else None
+    if vocab_size is None:
+        if tok is None:
+            raise ValueError("give a tokenizer or a vocab_size")
+        vocab_size = len(tok)
+    bos = tok.bos_id if tok else 1
+    eos = tok.eos_id if tok else 2
+    config = tiny_llama_config(vocab_size, shape, bos_id=bos, eos_id=eos)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=tok.pad_id if tok else 0)
+    with atomic_dir(output, force=force) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tok is not None:
+            tok.save(tmp)
+        (tmp / "zhllama-tiny.json").write_text(json.dumps({"seed": seed, "shape": asdict(shape)}, indent=2) + "\n")
+    return Path(output)

@@ -1,0 +1,156 @@
+"""The tokenizer every zhllama command uses.
+
+When a folder holds a `tokenizer.model`, text is encoded by sentencepiece itself: that is the
+reference semantics of LLaMA-family tokenizers, and the only exact one for vocabularies whose
+merged pieces tie in score (the reference merge, Chinese-LLaMA-2). The HF tokenizer from the same
+folder is still loaded for what only it has (special-token names, saving, `Trainer`).
+Folders without a SentencePiece model (e.g. GPT-2-style BPE) use the HF tokenizer alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import cached_property
+from pathlib import Path
+
+from zhllama.core.errors import UserError
+
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+class ZhTokenizer:
+    """Encode/decode with sentencepiece semantics; expose ids of the special tokens."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: tokenizer not found")
+        self.path = path
+        self.sp = None
+        self.hf = None
+        model_file = path if path.is_file() else path / "tokenizer.model"
+        if model_file.is_file():
+            import sentencepiece as spm
+
+            from zhllama.core.spm import load_proto
+
+            load_proto(model_file)  # clear error for a file that is not a SentencePiece model
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        if path.is_dir():
+            if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+                raise UserError(f"{path}: no tokenizer files (tokenizer.model / tokenizer.json) in this folder")
+            from transformers import AutoTokenizer
+
+            try:
+                self.hf = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+            except Exception as exc:
+                if self.sp is None:
+                    raise UserError(f"{path}: cannot load tokenizer: {exc}") from exc
+
+    # ---- ids -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        if self.hf is not None:
+            return len(self.hf)
+        return self.sp.get_piece_size()
+
+    def _hf_id(self, name: str) -> int | None:
+        if self.hf is None:
+            return None
+        value = getattr(self.hf, f"{name}_token_id", None)
+        return value if isinstance(value, int) else None
+
+    def _sp_id(self, name: str) -> int | None:
+        if self.sp is None:
+            return None
+        value = getattr(self.sp, f"{name}_id")()
+        return value if value >= 0 else None
+
+    @cached_property
+    def bos_id(self) -> int | None:
+        return self._hf_id("bos") if self._hf_id("bos") is not None else self._sp_id("bos")
+
+    @cached_property
+    def eos_id(self) -> int | None:
+        return self._hf_id("eos") if self._hf_id("eos") is not None else self._sp_id("eos")
+
+    @cached_property
+    def unk_id(self) -> int | None:
+        return self._hf_id("unk") if self._hf_id("unk") is not None else self._sp_id("unk")
+
+    @cached_property
+    def pad_id(self) -> int:
+        """The pad id; tokenizers without one pad with unk (as LLaMA did), else with eos."""
+        for candidate in (self._hf_id("pad"), self._sp_id("pad"), self.unk_id, self.eos_id):
+            if candidate is not None:
+                return candidate
+        return 0
+
+    # ---- text ------------------------------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in the text are plain text."""
+        if self.sp is not None:
+            ids = self.sp.encode(text)
+        else:
+            ids = self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)
+        if bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        if eos and self.eos_id is not None:
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        if self.sp is not None and not bos and not eos:
+            return self.sp.encode(texts)
+        return [self.encode(t, bos=bos, eos=eos) for t in texts]
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        specials = {i for i in (self.bos_id, self.eos_id, self.pad_id, self.unk_id) if i is not None}
+        if self.sp is not None:
+            size = self.sp.get_piece_size()
+            kept = [i for i in ids if i < size and not (skip_special and i in specials and self.sp.is_control(i))]
+            return self.sp.decode(kept)
+        return self.hf.decode(ids, skip_special_tokens=skip_special)
+
+    def id_to_piece(self, idx: int) -> str:
+        if self.sp is not None and idx < self.sp.get_piece_size():
+            return self.sp.id_to_piece(idx)
+        return self.hf.convert_ids_to_tokens(idx)
+
+    def piece_to_id(self, piece: str) -> int | None:
+        """The id of an exact vocabulary piece, or None when the vocabulary lacks it."""
+        if self.sp is not None:
+            idx = self.sp.piece_to_id(piece)
+            return None if idx == self.sp.unk_id() and piece != self.sp.id_to_piece(idx) else idx
+        vocab = self.hf.get_vocab()
+        return vocab.get(piece)
+
+    def is_byte(self, idx: int) -> bool:
+        if self.sp is not None:
+            return idx < self.sp.get_piece_size() and self.sp.is_byte(idx)
+        return False
+
+    # ---- files -----------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> None:
+        """Copy the tokenizer files into `out_dir` (byte for byte; nothing is re-serialised)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            shutil.copyfile(self.path, out / "tokenizer.model")
+            return
+        copied = False
+        for name in TOKENIZER_FILES:
+            if (self.path / name).is_file():
+                shutil.copyfile(self.path / name, out / name)
+                copied = True
+        if not copied and self.hf is not None:
+            self.hf.save_pretrained(str(out))
+
+
+def load_tokenizer(path: str | Path) -> ZhTokenizer:
+    return ZhTokenizer(path)
