@@ -166,8 +166,7 @@ def merge_protos(
         stats["added"] += added
         stats["skipped_duplicates"] += dupes
         stats["skipped_special"] += special
-    normal_scores = [p.score for p in base.pieces if p.type == spm.NORMAL]
-    top = max(normal_scores) if normal_scores else 0.0
+    top = max((p.score for p in merged.pieces), default=0.0)
     count = len(new_pieces)
     for i, piece in enumerate(new_pieces):
         score = 0.0 if reference_scores else float(top + (count - i))
