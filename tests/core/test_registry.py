@@ -17,7 +17,7 @@ def fake_plugin_dist(tmp_path, monkeypatch):
     """Install nothing: write a module and a *.dist-info with entry_points.txt into a sys.path dir."""
     (tmp_path / "zh_fake_plugin.py").write_text(
         textwrap.dedent(
-            '''
+            """
             class Shout:
                 name = "shout"
                 description = "uppercases everything (test plugin)"
@@ -34,7 +34,7 @@ def fake_plugin_dist(tmp_path, monkeypatch):
                 description = "needs a package that is not installed"
                 requires = ("zh_definitely_not_installed_pkg",)
                 install_hint = "pip install zh-definitely-not-installed"
-            '''
+            """
         )
     )
     info = tmp_path / "zh_fake_plugin-1.0.dist-info"

@@ -32,7 +32,9 @@ def test_tiny_model_is_fast_seeded_and_loads(tmp_path, merged_tokenizer):
 
 
 def test_tiny_model_cli(run_cli, tmp_path, base_tokenizer):
-    code, out, err = run_cli("--json", "tiny-model", "--tokenizer", base_tokenizer, "--output", tmp_path / "m", "--layers", "1")
+    code, out, err = run_cli(
+        "--json", "tiny-model", "--tokenizer", base_tokenizer, "--output", tmp_path / "m", "--layers", "1"
+    )
     assert code == 0, err
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
     assert model.config.num_hidden_layers == 1

@@ -105,8 +105,16 @@ def test_zhllama_encoder_equals_sentencepiece_on_chinese_llama2(tmp_path, corpus
 def test_reference_scores_reproduce_the_reference_and_warn(tmp_path, run_cli):
     out = tmp_path / "ref"
     code, stdout, err = run_cli(
-        "--json", "vocab", "merge", "--base", shared("tokenizers", "llama_tokenizer.model"),
-        "--add", shared("tokenizers", "chinese_sp.model"), "--output", out, "--reference-scores",
+        "--json",
+        "vocab",
+        "merge",
+        "--base",
+        shared("tokenizers", "llama_tokenizer.model"),
+        "--add",
+        shared("tokenizers", "chinese_sp.model"),
+        "--output",
+        out,
+        "--reference-scores",
     )
     assert code == 0, err
     report = json.loads(stdout)
@@ -120,7 +128,10 @@ def test_reference_scores_reproduce_the_reference_and_warn(tmp_path, run_cli):
 def test_pad_token_follows_base_pieces(tmp_path):
     out = tmp_path / "pad"
     report = vocab.merge(
-        shared("tokenizers", "llama_tokenizer.model"), [shared("tokenizers", "chinese_sp.model")], out, pad_token="<pad>"
+        shared("tokenizers", "llama_tokenizer.model"),
+        [shared("tokenizers", "chinese_sp.model")],
+        out,
+        pad_token="<pad>",
     )
     assert report.pad_id == 32000 and report.final_size == 49954
     hf = AutoTokenizer.from_pretrained(str(out))
@@ -148,12 +159,21 @@ def test_train_cli_reports_pieces(run_cli, tmp_path):
 
     out = tmp_path / "zh.model"
     code, stdout, err = run_cli(
-        "--json", "vocab", "train", "--input", data_path("corpus_zh.txt"), "--vocab-size", "500", "--output", out,
-        "--model-type", "unigram",
+        "--json",
+        "vocab",
+        "train",
+        "--input",
+        data_path("corpus_zh.txt"),
+        "--vocab-size",
+        "900",
+        "--output",
+        out,
+        "--model-type",
+        "unigram",
     )
     assert code == 0, err
     result = json.loads(stdout)
-    assert result["pieces"] == 500 == len(spm.load_proto(out).pieces)
+    assert result["pieces"] == 900 == len(spm.load_proto(out).pieces)
     assert spm.load_proto(out).trainer_spec.model_type == spm.UNIGRAM
 
 
@@ -180,7 +200,9 @@ def test_stats_cli_table_and_json(run_cli, base_tokenizer, merged_tokenizer):
     ],
 )
 def test_merge_bad_inputs(run_cli, tmp_path, base_tokenizer, case, expected):
-    bad = {"not_sp": tmp_path / "x.model", "missing": tmp_path / "nope.model", "dir_without_model": tmp_path / "d"}[case]
+    bad = {"not_sp": tmp_path / "x.model", "missing": tmp_path / "nope.model", "dir_without_model": tmp_path / "d"}[
+        case
+    ]
     if case == "not_sp":
         bad.write_text("this is not a protobuf\n" * 10)
     if case == "dir_without_model":
@@ -189,6 +211,16 @@ def test_merge_bad_inputs(run_cli, tmp_path, base_tokenizer, case, expected):
     assert code == 2
     assert err.startswith("zhllama: error: ") and expected in err and str(bad) in err
     assert not (tmp_path / "o").exists()
+
+
+def test_train_vocab_smaller_than_characters(run_cli, tmp_path):
+    from zhllama.core.assets import data_path
+
+    code, _, err = run_cli(
+        "vocab", "train", "--input", data_path("corpus_zh.txt"), "--vocab-size", "100", "--model-type", "unigram",
+        "--output", tmp_path / "u.model",
+    )
+    assert code == 2 and "--vocab-size: 100 is smaller than" in err
 
 
 def test_train_empty_corpus_and_too_large_vocab(run_cli, tmp_path):
@@ -201,7 +233,9 @@ def test_train_empty_corpus_and_too_large_vocab(run_cli, tmp_path):
     code, _, err = run_cli("vocab", "train", "--input", small, "--vocab-size", "5000", "--output", tmp_path / "b.model")
     assert code == 2 and "--vocab-size" in err and "at most" in err
     assert not (tmp_path / "b.model").exists()
-    code, _, err = run_cli("vocab", "train", "--input", tmp_path / "nope.txt", "--vocab-size", "100", "--output", tmp_path / "c.model")
+    code, _, err = run_cli(
+        "vocab", "train", "--input", tmp_path / "nope.txt", "--vocab-size", "100", "--output", tmp_path / "c.model"
+    )
     assert code == 2 and "nope.txt" in err
 
 

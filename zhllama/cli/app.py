@@ -46,11 +46,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (logs go to stderr).")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout (logs go to stderr).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")] = False,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of option values; flags override it.", metavar="FILE.yaml")
+        Path | None,
+        typer.Option("--config", help="YAML file of option values; flags override it.", metavar="FILE.yaml"),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")

@@ -10,7 +10,9 @@ import typer
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic by default).")]
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model folder (HF layout).", show_default=False)]
-OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder (written atomically).", show_default=False)]
+OutputDir = Annotated[
+    Path, typer.Option("--output", "-o", help="Output folder (written atomically).", show_default=False)
+]
 
 
 def examples(*lines: str) -> str:

@@ -62,6 +62,7 @@ class LoadedModel(ABC):
 
     def close(self) -> None:
         """Free native resources (llama.cpp models must be closed before interpreter exit)."""
+        return None
 
 
 def choose_engine(model: str | Path, engine: str | None = None) -> str:

@@ -33,6 +33,4 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """A uniform 'unknown X' error listing what is available."""
     choices = sorted(choices)
-    return UserError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices) or 'none'}"
-    )
+    return UserError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices) or 'none'}")

@@ -157,8 +157,15 @@ def build_hf_tokenizer(proto: ModelProto, add_bos: bool = True, add_eos: bool = 
 
 
 def _token_entry(content: str) -> dict:
-    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False,
-            "rstrip": False, "single_word": False, "special": True}
+    return {
+        "__type": "AddedToken",
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
 
 
 def write_tokenizer_dir(

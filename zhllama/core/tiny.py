@@ -70,7 +70,9 @@ def build_tiny_llama(
     config = tiny_llama_config(vocab_size, shape, bos_id=bos, eos_id=eos)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(getattr(torch, dtype))
-    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=tok.pad_id if tok else 0)
+    model.generation_config = GenerationConfig(
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=tok.pad_id if tok else 0
+    )
     with atomic_dir(output, force=force) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tok is not None:

@@ -137,11 +137,16 @@ class ZhTokenizer:
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
-        """Copy the tokenizer files into `out_dir` (byte for byte; nothing is re-serialised)."""
+        """Copy the tokenizer files into `out_dir` byte for byte.
+
+        A bare `.model` file becomes a complete HF tokenizer folder (see `spm.write_tokenizer_dir`).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if self.path.is_file():
-            shutil.copyfile(self.path, out / "tokenizer.model")
+            from zhllama.core.spm import load_proto, write_tokenizer_dir
+
+            write_tokenizer_dir(load_proto(self.path), out, model_file=self.path)
             return
         copied = False
         for name in TOKENIZER_FILES:

@@ -101,6 +101,12 @@ def train(
                 raise UserError(
                     f"--vocab-size: {match.group(1)} is larger than the corpus supports (at most {match.group(2)})"
                 ) from exc
+            match = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+            if match:
+                raise UserError(
+                    f"--vocab-size: {match.group(1)} is smaller than the {match.group(2)} characters the corpus needs "
+                    "(raise --vocab-size or lower --character-coverage)"
+                ) from exc
             raise UserError(f"sentencepiece training failed: {message}") from exc
         shutil.copyfile(f"{prefix}.model", out_tmp)
     pieces = len(spm.load_proto(output).pieces)

@@ -11,8 +11,7 @@ class Alpaca(Template):
     name = "alpaca"
     description = "1st-generation Chinese-Alpaca (Stanford Alpaca prompt)"
     header = (
-        "Below is an instruction that describes a task. "
-        "Write a response that appropriately completes the request.\n\n"
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     )
 
     def segments(self, messages: Sequence[Message], system=None, add_generation_prompt=False):

@@ -10,8 +10,9 @@ import typer
 from zhllama.cli.options import Force, examples
 from zhllama.core import console, vocab
 
-app = typer.Typer(help="Train a Chinese SentencePiece model, merge it into a LLaMA tokenizer, compare lengths.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Train a Chinese SentencePiece model, merge it into a LLaMA tokenizer, compare lengths.", no_args_is_help=True
+)
 
 TIES_WARNING = (
     "{name}: merged pieces tie in score; sentencepiece breaks ties by position, which tokenizer.json cannot "
@@ -32,9 +33,15 @@ def train_cmd(
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Number of pieces.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the .model file.")],
     model_type: Annotated[str, typer.Option("--model-type", help="unigram or bpe.")] = "bpe",
-    character_coverage: Annotated[float, typer.Option("--character-coverage", help="Share of characters covered.")] = 0.9995,
-    byte_fallback: Annotated[bool, typer.Option("--byte-fallback/--no-byte-fallback", help="Add <0xNN> byte pieces.")] = False,
-    split_digits: Annotated[bool, typer.Option("--split-digits/--no-split-digits", help="One piece per digit, as LLaMA.")] = True,
+    character_coverage: Annotated[
+        float, typer.Option("--character-coverage", help="Share of characters covered.")
+    ] = 0.9995,
+    byte_fallback: Annotated[
+        bool, typer.Option("--byte-fallback/--no-byte-fallback", help="Add <0xNN> byte pieces.")
+    ] = False,
+    split_digits: Annotated[
+        bool, typer.Option("--split-digits/--no-split-digits", help="One piece per digit, as LLaMA.")
+    ] = True,
     force: Force = False,
 ) -> None:
     """Train a SentencePiece model (wraps sentencepiece's trainer)."""
@@ -44,8 +51,13 @@ def train_cmd(
         raise UserError(f"{output}: output file exists (use --force to replace it)")
     console.log(f"training a {model_type} SentencePiece model with {vocab_size} pieces ...")
     result = vocab.train(
-        input, vocab_size, output, model_type=model_type, character_coverage=character_coverage,
-        byte_fallback=byte_fallback, split_digits=split_digits,
+        input,
+        vocab_size,
+        output,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        split_digits=split_digits,
     )
     console.emit(
         result.__dict__,
@@ -61,11 +73,19 @@ def train_cmd(
     ),
 )
 def merge_cmd(
-    base: Annotated[Path, typer.Option("--base", help="LLaMA tokenizer: a folder with tokenizer.model, or the .model file.")],
-    add: Annotated[list[Path], typer.Option("--add", help="SentencePiece model(s) whose new pieces are appended, in order.")],
+    base: Annotated[
+        Path, typer.Option("--base", help="LLaMA tokenizer: a folder with tokenizer.model, or the .model file.")
+    ],
+    add: Annotated[
+        list[Path], typer.Option("--add", help="SentencePiece model(s) whose new pieces are appended, in order.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output tokenizer folder.")],
-    pad_token: Annotated[str | None, typer.Option("--pad-token", help="Append this piece right after the base pieces as the pad token.")] = None,
-    reference_scores: Annotated[bool, typer.Option("--reference-scores", help="Give new pieces score 0, exactly as the reference script.")] = False,
+    pad_token: Annotated[
+        str | None, typer.Option("--pad-token", help="Append this piece right after the base pieces as the pad token.")
+    ] = None,
+    reference_scores: Annotated[
+        bool, typer.Option("--reference-scores", help="Give new pieces score 0, exactly as the reference script.")
+    ] = False,
     force: Force = False,
 ) -> None:
     """Merge Chinese pieces into a LLaMA tokenizer; base ids stay identical."""
@@ -90,7 +110,9 @@ def merge_cmd(
     ),
 )
 def stats_cmd(
-    tokenizer: Annotated[list[Path], typer.Option("--tokenizer", "-t", help="Tokenizer folder or .model; the first is the baseline.")],
+    tokenizer: Annotated[
+        list[Path], typer.Option("--tokenizer", "-t", help="Tokenizer folder or .model; the first is the baseline.")
+    ],
     text: Annotated[Path, typer.Option("--text", help="UTF-8 text file to encode line by line.")],
 ) -> None:
     """Tokens per character of each tokenizer on a text, relative to the first."""
@@ -99,7 +121,14 @@ def stats_cmd(
         if r.score_ties:
             console.warn(TIES_WARNING.format(name=r.tokenizer))
     rows = [
-        (r.tokenizer, r.vocab_size, r.tokens, r.tokens_per_char, f"{r.relative_length:.1%}", f"{r.byte_fallback_rate:.2%}")
+        (
+            r.tokenizer,
+            r.vocab_size,
+            r.tokens,
+            r.tokens_per_char,
+            f"{r.relative_length:.1%}",
+            f"{r.byte_fallback_rate:.2%}",
+        )
         for r in results
     ]
     console.emit(
