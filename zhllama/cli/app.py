@@ -81,6 +81,10 @@ def _quiet_libraries(debug: bool) -> None:
         warnings.filterwarnings("ignore")
         for name in ("transformers", "datasets", "peft", "accelerate", "bitsandbytes", "torch"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    if not debug or not console.progress_enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _command_names(group: click_core.Command) -> set[str]:

@@ -1,0 +1,55 @@
+"""Trainer callbacks: a Rich progress bar with loss and tokens/s, and the loss history for plots."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+from zhllama.core import console
+
+
+class ProgressCallback(TrainerCallback):
+    """Counts trained tokens (non-padding inputs) and shows step, loss and tokens/s."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.start = None
+        self.losses: list[tuple[int, float]] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self._progress = None
+        self._task = None
+
+    def count_batch(self, batch) -> None:
+        if "attention_mask" in batch:
+            self.tokens += int(batch["attention_mask"].sum())
+        else:
+            self.tokens += int((batch["labels"] != -100).sum()) if "position_ids" in batch else batch["input_ids"].numel()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        if state.is_world_process_zero:
+            self._progress = console.make_progress(console.TextColumn("loss {task.fields[loss]} · {task.fields[tps]} tok/s"))
+            self._progress.start()
+            self._task = self._progress.add_task("training", total=state.max_steps, loss="-", tps="-")
+
+    def tokens_per_second(self) -> float:
+        elapsed = time.perf_counter() - self.start if self.start else 0.0
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.global_step, tps=f"{self.tokens_per_second():,.0f}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+            if self._progress is not None:
+                self._progress.update(self._task, loss=f"{logs['loss']:.4f}")
+        if "eval_loss" in logs:
+            self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,68 @@
+"""Batch builders: right padding, or packing several examples into one row.
+
+Packing puts examples back to back and restarts `position_ids` at each example; with no
+`attention_mask`, transformers turns restarting position ids into a block-diagonal causal mask,
+so no token attends across an example boundary and per-example losses equal the unpacked ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PadCollator:
+    pad_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_id] * (width - n))
+            lab = list(f.get("labels", f["input_ids"]))
+            labels.append(lab + [IGNORE_INDEX] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
+
+
+def pack(examples: dict[str, list[list[int]]], max_length: int) -> dict[str, list[list[int]]]:
+    """Greedy first-fit packing in order: rows of at most `max_length` tokens with position ids."""
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+    cur = {"input_ids": [], "labels": [], "position_ids": []}
+    for ids, labels in zip(examples["input_ids"], examples["labels"], strict=True):
+        if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > max_length:
+            for k in rows:
+                rows[k].append(cur[k])
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        cur["input_ids"] += ids
+        # the first token of an example predicts nothing from the previous example
+        cur["labels"] += [IGNORE_INDEX, *labels[1:]] if cur["labels"] else list(labels)
+        cur["position_ids"] += list(range(len(ids)))
+    if cur["input_ids"]:
+        for k in rows:
+            rows[k].append(cur[k])
+    return rows
+
+
+@dataclass
+class PackedCollator:
+    pad_id: int
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, pos = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_id] * (width - n))
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * (width - n))
+            pos.append(list(f["position_ids"]) + list(range(width - n)))  # padding is its own sequence
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
