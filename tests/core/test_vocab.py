@@ -165,7 +165,7 @@ def test_train_cli_reports_pieces(run_cli, tmp_path):
         "--input",
         data_path("corpus_zh.txt"),
         "--vocab-size",
-        "900",
+        "2000",
         "--output",
         out,
         "--model-type",
@@ -173,7 +173,7 @@ def test_train_cli_reports_pieces(run_cli, tmp_path):
     )
     assert code == 0, err
     result = json.loads(stdout)
-    assert result["pieces"] == 900 == len(spm.load_proto(out).pieces)
+    assert result["pieces"] == 2000 == len(spm.load_proto(out).pieces)
     assert spm.load_proto(out).trainer_spec.model_type == spm.UNIGRAM
 
 

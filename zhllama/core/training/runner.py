@@ -218,6 +218,9 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
     _check_output(cfg)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
     tok_path = cfg.tokenizer or cfg.adapter or cfg.model
     tokenizer = ZhTokenizer(tok_path)
     base_tokenizer = None
@@ -243,7 +246,6 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
             progress.count_batch(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
-    torch.manual_seed(cfg.seed)
     trainer = CountingTrainer(
         model=model,
         args=args,
