@@ -67,7 +67,7 @@ def zh_sp_model(artifacts) -> Path:
     from zhllama.core import vocab
 
     model = artifacts / "zh_sp.model"
-    vocab.train([data_path("corpus_zh.txt")], 2500, model, model_type="bpe")
+    vocab.train([data_path("corpus_zh.txt")], 1200, model, model_type="bpe")
     return model
 
 

@@ -165,7 +165,7 @@ def test_train_cli_reports_pieces(run_cli, tmp_path):
         "--input",
         data_path("corpus_zh.txt"),
         "--vocab-size",
-        "2000",
+        "1000",
         "--output",
         out,
         "--model-type",
@@ -173,7 +173,7 @@ def test_train_cli_reports_pieces(run_cli, tmp_path):
     )
     assert code == 0, err
     result = json.loads(stdout)
-    assert result["pieces"] == 2000 == len(spm.load_proto(out).pieces)
+    assert result["pieces"] == 1000 == len(spm.load_proto(out).pieces)
     assert spm.load_proto(out).trainer_spec.model_type == spm.UNIGRAM
 
 
@@ -217,8 +217,16 @@ def test_train_vocab_smaller_than_characters(run_cli, tmp_path):
     from zhllama.core.assets import data_path
 
     code, _, err = run_cli(
-        "vocab", "train", "--input", data_path("corpus_zh.txt"), "--vocab-size", "100", "--model-type", "unigram",
-        "--output", tmp_path / "u.model",
+        "vocab",
+        "train",
+        "--input",
+        data_path("corpus_zh.txt"),
+        "--vocab-size",
+        "100",
+        "--model-type",
+        "unigram",
+        "--output",
+        tmp_path / "u.model",
     )
     assert code == 2 and "--vocab-size: 100 is smaller than" in err
 

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from zhllama.core.assets import data_path
-from zhllama.core.errors import UserError
 from zhllama.core.training import pretrain, sft
 
 
@@ -22,16 +21,30 @@ def write_records(path, records):
 def test_sft_memorises_small_set(tmp_path, tiny_zh_model, tiny_cfg):
     data = write_records(
         tmp_path / "mem.json",
-        [{"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},
-         {"instruction": "一加一等于几？", "input": "", "output": "二。"}],
+        [
+            {"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},
+            {"instruction": "一加一等于几？", "input": "", "output": "二。"},
+        ],
     )
-    cfg = tiny_cfg(tiny_zh_model, data, max_steps=40, learning_rate=5e-3, per_device_train_batch_size=2,
-                   extra={"template": "alpaca", "max_seq_length": 128})
+    cfg = tiny_cfg(
+        tiny_zh_model,
+        data,
+        max_steps=40,
+        learning_rate=5e-3,
+        per_device_train_batch_size=2,
+        extra={"template": "alpaca", "max_seq_length": 128},
+    )
     summary = sft(cfg)
     assert summary["steps"] == 40
     assert summary["final_loss"] < 0.5 * summary["first_loss"]
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.model", "tokenizer.json",
-                 "train_summary.json", "loss.png"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.model",
+        "tokenizer.json",
+        "train_summary.json",
+        "loss.png",
+    ):
         assert (cfg.output / name).is_file(), name
 
 
@@ -42,8 +55,15 @@ def _strip_final(out):
 
 
 def test_resume_is_bit_exact(tmp_path, tiny_base_model, merged_tokenizer, tiny_cfg):
-    common = dict(tokenizer=merged_tokenizer, max_steps=6, save_steps=3, lora_dropout=0.05,
-                  extra={"block_size": 32}, lr_scheduler_type="cosine", warmup_ratio=0.2)
+    common = dict(
+        tokenizer=merged_tokenizer,
+        max_steps=6,
+        save_steps=3,
+        lora_dropout=0.05,
+        extra={"block_size": 32},
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.2,
+    )
     data = data_path("corpus_zh.txt")
     straight = tiny_cfg(tiny_base_model, data, output=tmp_path / "a", **common)
     pretrain(straight)
@@ -94,8 +114,16 @@ def test_mean_of_pieces_init_beats_default_init(tmp_path, tiny_base_model, base_
     from zhllama.core.training.embeddings import padded_size, resize_for_tokenizer
 
     # a base that knows some Chinese through its byte pieces: full training with the base tokenizer
-    trained = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), output=tmp_path / "trained", full=True,
-                       max_steps=80, learning_rate=3e-3, per_device_train_batch_size=4, extra={"block_size": 64})
+    trained = tiny_cfg(
+        tiny_base_model,
+        data_path("corpus_zh.txt"),
+        output=tmp_path / "trained",
+        full=True,
+        max_steps=80,
+        learning_rate=3e-3,
+        per_device_train_batch_size=4,
+        extra={"block_size": 64},
+    )
     pretrain(trained)
     tok, base_tok = ZhTokenizer(merged_tokenizer), ZhTokenizer(base_tokenizer)
     lines = data_path("corpus_zh.txt").read_text(encoding="utf-8").splitlines()[:30]
@@ -175,8 +203,19 @@ def test_packing_matches_unpacked_per_example_losses(tiny_zh_model, merged_token
 def test_sft_bad_data_one_line_errors(tmp_path, tiny_zh_model, run_cli, content, message):
     bad = tmp_path / "bad.json"
     bad.write_text(content, encoding="utf-8")
-    code, _, err = run_cli("sft", "--model", tiny_zh_model, "--data", bad, "--output", tmp_path / "o",
-                           "--max-steps", "1", "--cache-dir", tmp_path / "c")
+    code, _, err = run_cli(
+        "sft",
+        "--model",
+        tiny_zh_model,
+        "--data",
+        bad,
+        "--output",
+        tmp_path / "o",
+        "--max-steps",
+        "1",
+        "--cache-dir",
+        tmp_path / "c",
+    )
     assert code == 2
     assert err.count("\n") == 1 and message in err and str(bad) in err
     assert not (tmp_path / "o" / "adapter_model.safetensors").exists()
@@ -185,12 +224,32 @@ def test_sft_bad_data_one_line_errors(tmp_path, tiny_zh_model, run_cli, content,
 def test_pretrain_empty_file_and_tokenizer_mismatch(tmp_path, tiny_base_model, zh_sp_model, run_cli):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n", encoding="utf-8")
-    code, _, err = run_cli("pretrain", "--model", tiny_base_model, "--data", empty, "--output", tmp_path / "o",
-                           "--cache-dir", tmp_path / "c")
+    code, _, err = run_cli(
+        "pretrain",
+        "--model",
+        tiny_base_model,
+        "--data",
+        empty,
+        "--output",
+        tmp_path / "o",
+        "--cache-dir",
+        tmp_path / "c",
+    )
     assert code == 2 and "empty" in err
     # a tokenizer that does not extend the model's own cannot be resized into it
-    code, _, err = run_cli("pretrain", "--model", tiny_base_model, "--tokenizer", zh_sp_model, "--data",
-                           data_path("corpus_zh.txt"), "--output", tmp_path / "o2", "--cache-dir", tmp_path / "c")
+    code, _, err = run_cli(
+        "pretrain",
+        "--model",
+        tiny_base_model,
+        "--tokenizer",
+        zh_sp_model,
+        "--data",
+        data_path("corpus_zh.txt"),
+        "--output",
+        tmp_path / "o2",
+        "--cache-dir",
+        tmp_path / "c",
+    )
     assert code == 2 and "must extend the model's" in err
 
 
@@ -198,6 +257,59 @@ def test_refuses_existing_output_without_force(tmp_path, tiny_zh_model, run_cli)
     out = tmp_path / "o"
     out.mkdir()
     (out / "x").write_text("keep")
-    code, _, err = run_cli("pretrain", "--model", tiny_zh_model, "--data", data_path("corpus_zh.txt"),
-                           "--output", out)
+    code, _, err = run_cli("pretrain", "--model", tiny_zh_model, "--data", data_path("corpus_zh.txt"), "--output", out)
     assert code == 2 and "--force" in err and (out / "x").exists()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_end_to_end(tmp_path, tiny_base_model, merged_tokenizer):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "zhllama",
+            "--json",
+            "pretrain",
+            "--model",
+            str(tiny_base_model),
+            "--tokenizer",
+            str(merged_tokenizer),
+            "--data",
+            str(data_path("corpus_zh.txt")),
+            "--output",
+            str(out),
+            "--max-steps",
+            "4",
+            "--block-size",
+            "32",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--logging-steps",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 4
+    assert summary["tokens"] == 4 * 2 * 32  # both ranks' batches counted
+    assert json.loads(proc.stdout)["steps"] == 4  # one report, from rank 0
+    assert (out / "adapter_model.safetensors").is_file()

@@ -7,6 +7,7 @@ command's own into one signature that Typer reads, so no flag is declared twice.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +24,10 @@ def option(name: str, annotation: Any, default: Any, *flags: str, help: str) -> 
     if default is ...:
         kwargs["show_default"] = False
     return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, typer.Option(*flags, **kwargs)]
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, typer.Option(*flags, **kwargs)],
     )
 
 
@@ -31,7 +35,9 @@ SHARED: list[inspect.Parameter] = [
     option("model", Path, ..., "--model", "-m", help="Base model folder (HF layout)."),
     option("data", list[Path], ..., "--data", "-d", help="Data file(s) or folder(s)."),
     option("output", Path, ..., "--output", "-o", help="Output folder (adapter or full model, summary, loss.png)."),
-    option("tokenizer", Path | None, None, help="Tokenizer folder (default: the model's); a larger one resizes the model."),
+    option(
+        "tokenizer", Path | None, None, help="Tokenizer folder (default: the model's); a larger one resizes the model."
+    ),
     option("lora_rank", int, 64, help="LoRA rank r."),
     option("lora_alpha", int, 128, help="LoRA alpha."),
     option("lora_dropout", float, 0.05, help="LoRA dropout."),
@@ -74,6 +80,8 @@ def build_command(task: Callable[[TrainConfig], dict], own: list[inspect.Paramet
     def command(**kwargs: Any) -> None:
         extra = {name: kwargs.pop(name) for name in own_names}
         summary = task(TrainConfig(**kwargs, extra=extra))
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # under torchrun / accelerate only the main process reports
         rows = [
             ("steps", summary["steps"]),
             ("tokens", summary["tokens"]),

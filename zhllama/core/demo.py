@@ -69,7 +69,7 @@ def stages(steps: int) -> list[Stage]:
                 "--input",
                 str(data_path("corpus_zh.txt")),
                 "--vocab-size",
-                "2500",
+                "1200",
                 "--output",
                 str(w / "chinese_sp.model"),
             ],

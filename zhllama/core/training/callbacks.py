@@ -24,12 +24,16 @@ class ProgressCallback(TrainerCallback):
         if "attention_mask" in batch:
             self.tokens += int(batch["attention_mask"].sum())
         else:
-            self.tokens += int((batch["labels"] != -100).sum()) if "position_ids" in batch else batch["input_ids"].numel()
+            self.tokens += (
+                int((batch["labels"] != -100).sum()) if "position_ids" in batch else batch["input_ids"].numel()
+            )
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
         if state.is_world_process_zero:
-            self._progress = console.make_progress(console.TextColumn("loss {task.fields[loss]} · {task.fields[tps]} tok/s"))
+            self._progress = console.make_progress(
+                console.TextColumn("loss {task.fields[loss]} · {task.fields[tps]} tok/s")
+            )
             self._progress.start()
             self._task = self._progress.add_task("training", total=state.max_steps, loss="-", tps="-")
 

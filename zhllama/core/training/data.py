@@ -174,7 +174,9 @@ def sft_examples(
 ) -> dict[str, list[list[int]]]:
     ids_all, labels_all = [], []
     for source, index, record in records:
-        ids, labels = encode(tokenizer, template.segments(record_messages(source, index, record), system=system), max_length)
+        ids, labels = encode(
+            tokenizer, template.segments(record_messages(source, index, record), system=system), max_length
+        )
         if all(label == -100 for label in labels):
             continue  # the prompt alone fills max_length: nothing to learn from this record
         ids_all.append(ids)

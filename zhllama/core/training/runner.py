@@ -146,8 +146,12 @@ def load_model(cfg: TrainConfig):
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
+            BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32,
+            )
             if cfg.qlora == 4
             else BitsAndBytesConfig(load_in_8bit=True)
         )
@@ -260,6 +264,11 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     seconds = time.perf_counter() - start
+    tokens = progress.tokens
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = torch.tensor([tokens], dtype=torch.long)
+        torch.distributed.all_reduce(total)
+        tokens = int(total.item())
     metrics = {}
     if eval_set is not None:
         metrics = trainer.evaluate()
@@ -267,11 +276,11 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     summary = {
         "kind": kind,
         "steps": trainer.state.global_step,
-        "tokens": progress.tokens,
+        "tokens": tokens,
         "train_loss": result.training_loss,
         "final_loss": progress.losses[-1][1] if progress.losses else result.training_loss,
         "first_loss": progress.losses[0][1] if progress.losses else None,
-        "tokens_per_second": progress.tokens / seconds if seconds > 0 else 0.0,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
         "seconds": seconds,
         "resized_vocab": resized,
         "vocab_size": model.get_input_embeddings().weight.shape[0],

@@ -32,7 +32,8 @@ def pretrain(cfg: TrainConfig) -> dict:
         key = data.cache_key(tokenizer, files, {"kind": "pretrain", "block_size": block_size})
         with args.main_process_first(desc="tokenizing"):
             dataset, hit = data.cached(
-                key, cfg.cache_dir,
+                key,
+                cfg.cache_dir,
                 lambda: Dataset.from_dict(
                     {"input_ids": data.pretrain_blocks(tokenizer, data.read_documents(files), block_size)}
                 ),
@@ -59,7 +60,8 @@ def sft(cfg: TrainConfig) -> dict:
         key = data.cache_key(tokenizer, files, settings)
         with args.main_process_first(desc="tokenizing"):
             dataset, hit = data.cached(
-                key, cfg.cache_dir,
+                key,
+                cfg.cache_dir,
                 lambda: Dataset.from_dict(
                     data.sft_examples(tokenizer, template, data.read_records(files), max_len, system)
                 ),

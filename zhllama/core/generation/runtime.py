@@ -1,0 +1,74 @@
+"""Everything `chat` and `serve` load once: the model, an optional speculative draft, the template.
+
+Both commands build a `ChatRuntime` from the same flags, so a greedy answer from the API is the
+answer `zhllama chat --prompt` prints for the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from zhllama.core import console
+from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions, open_model
+from zhllama.core.generation.respond import Reply, with_template_stops
+from zhllama.core.generation.speculative import SpeculativeDecoder, parse_draft_k
+from zhllama.core.templates import Message, Template, encode, get_template
+
+
+@dataclass
+class ChatRuntime:
+    model: LoadedModel
+    template: Template
+    name: str
+    decoder: SpeculativeDecoder | None = None
+    system: str | None = None
+    draft: LoadedModel | None = None
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of a conversation ending in a user message, ready for the answer."""
+        own_system = bool(messages) and messages[0].role == "system"  # a request's system message wins
+        system = None if own_system else self.system
+        segments = self.template.segments(list(messages), system=system, add_generation_prompt=True)
+        return encode(self.model.tokenizer, segments)[0]
+
+    def completion_ids(self, prompt: str) -> list[int]:
+        """A raw completion prompt (no template): BOS + the text."""
+        return self.model.tokenizer.encode(prompt, bos=True)
+
+    def reply(self, prompt_ids: Sequence[int], params: GenerationParams) -> Reply:
+        return Reply(self.model, prompt_ids, with_template_stops(params, self.template), self.decoder)
+
+    def history_budget(self, max_new_tokens: int) -> int:
+        """Prompt tokens a conversation may use so the answer still fits the context."""
+        context = self.model.context_length
+        return context - max_new_tokens if max_new_tokens < context // 2 else context // 2
+
+    def close(self) -> None:
+        self.model.close()
+        if self.draft is not None:
+            self.draft.close()
+
+
+def load_runtime(
+    model: Path,
+    options: LoadOptions,
+    engine: str | None = None,
+    template: str = "llama2-zh",
+    system: str | None = None,
+    draft_model: Path | None = None,
+    draft_k: str = "auto",
+) -> ChatRuntime:
+    chosen = get_template(template)  # fail on bad names and values before the slow model load
+    if draft_model is not None:
+        parse_draft_k(draft_k)
+    console.log(f"loading {model} ...")
+    loaded = open_model(model, engine, options)
+    runtime = ChatRuntime(loaded, chosen, Path(model).name, system=system)
+    if draft_model is not None:
+        console.log(f"loading draft model {draft_model} ...")
+        draft_options = LoadOptions(dtype=options.dtype, context_length=loaded.context_length)
+        runtime.draft = open_model(draft_model, engine, draft_options)
+        runtime.decoder = SpeculativeDecoder(loaded, runtime.draft, draft_k)
+    return runtime

@@ -1,0 +1,65 @@
+"""Next-token choice: repetition penalty, temperature, top-k, top-p, then argmax or a seeded draw.
+
+The logits processors are transformers' own, so a seeded greedy run here picks exactly the token
+`model.generate` would with the same settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from zhllama.core.engine import GenerationParams
+
+
+def is_greedy(params: GenerationParams) -> bool:
+    """Greedy when asked for, or when the temperature is 0 (as OpenAI clients send it)."""
+    return params.greedy or params.temperature <= 0
+
+
+class Sampler:
+    """Turns the logits after `ids` into one token id; draws come from a private seeded generator."""
+
+    def __init__(self, params: GenerationParams):
+        import torch
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.greedy = is_greedy(params)
+        procs = []
+        if params.repetition_penalty and params.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if not self.greedy:
+            if params.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k and params.top_k > 0:
+                procs.append(TopKLogitsWarper(params.top_k))
+            if params.top_p is not None and params.top_p < 1.0:
+                procs.append(TopPLogitsWarper(params.top_p))
+        self.processors = LogitsProcessorList(procs)
+        # runs are reproducible by default: no seed means seed 0, not the global RNG
+        self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
+
+    def process(self, ids: Sequence[int], logits):
+        """The processed scores [V] (float32) for the token after `ids`."""
+        import torch
+
+        scores = logits.float().reshape(1, -1)
+        if len(self.processors):
+            scores = self.processors(torch.tensor([list(ids)], dtype=torch.long), scores)
+        return scores[0]
+
+    def choose(self, scores) -> int:
+        import torch
+
+        if self.greedy:
+            return int(torch.argmax(scores))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def __call__(self, ids: Sequence[int], logits) -> int:
+        return self.choose(self.process(ids, logits))
