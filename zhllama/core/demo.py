@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ from zhllama.core.errors import UserError
 class Stage:
     name: str
     artifact: str  # relative to the workdir
-    argv: Callable[[Path], list[str]]
+    command: str  # a zhllama command line; {w} is the workdir, {data} the shipped data folder
     capture_json: bool = False  # run with --json and keep stdout as the artifact file
+
+    def argv(self, workdir: Path) -> list[str]:
+        paths = {"w": shlex.quote(str(workdir)), "data": shlex.quote(str(data_path()))}
+        return shlex.split(self.command.format(**paths))
 
 
 @dataclass
@@ -42,72 +47,30 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+TRAIN_FLAGS = "--lora-rank 8 --lora-alpha 16 --learning-rate 1e-3 --logging-steps 5 --cache-dir {w}/cache"
+
+
 def stages(steps: int) -> list[Stage]:
     """The demo chain; `steps` sets the number of training steps of pretrain and sft."""
     return [
-        Stage(
-            "base tokenizer",
-            "base_sp.model",
-            lambda w: [
-                "vocab",
-                "train",
-                "--input",
-                str(data_path("corpus_en.txt")),
-                "--vocab-size",
-                "400",
-                "--byte-fallback",
-                "--output",
-                str(w / "base_sp.model"),
-            ],
-        ),
-        Stage(
-            "vocab train",
-            "chinese_sp.model",
-            lambda w: [
-                "vocab",
-                "train",
-                "--input",
-                str(data_path("corpus_zh.txt")),
-                "--vocab-size",
-                "1200",
-                "--output",
-                str(w / "chinese_sp.model"),
-            ],
-        ),
-        Stage(
-            "vocab merge",
-            "merged_tokenizer",
-            lambda w: [
-                "vocab",
-                "merge",
-                "--base",
-                str(w / "base_sp.model"),
-                "--add",
-                str(w / "chinese_sp.model"),
-                "--output",
-                str(w / "merged_tokenizer"),
-            ],
-        ),
-        Stage(
-            "vocab stats",
-            "vocab_stats.json",
-            lambda w: [
-                "vocab",
-                "stats",
-                "--tokenizer",
-                str(w / "base_sp.model"),
-                "--tokenizer",
-                str(w / "merged_tokenizer"),
-                "--text",
-                str(data_path("corpus_zh.txt")),
-            ],
-            capture_json=True,
-        ),
-        Stage(
-            "tiny base model",
-            "base_model",
-            lambda w: ["tiny-model", "--tokenizer", str(w / "base_sp.model"), "--output", str(w / "base_model")],
-        ),
+        Stage("base tokenizer", "base_sp.model",
+              "vocab train --input {data}/corpus_en.txt --vocab-size 400 --byte-fallback --output {w}/base_sp.model"),
+        Stage("vocab train", "chinese_sp.model",
+              "vocab train --input {data}/corpus_zh.txt --vocab-size 1200 --output {w}/chinese_sp.model"),
+        Stage("vocab merge", "merged_tokenizer",
+              "vocab merge --base {w}/base_sp.model --add {w}/chinese_sp.model --output {w}/merged_tokenizer"),
+        Stage("vocab stats", "vocab_stats.json",
+              "vocab stats --tokenizer {w}/base_sp.model --tokenizer {w}/merged_tokenizer --text {data}/corpus_zh.txt",
+              capture_json=True),
+        Stage("tiny base model", "base_model",
+              "tiny-model --tokenizer {w}/base_sp.model --output {w}/base_model"),
+        Stage("pretrain", "pt_lora",
+              "pretrain --model {w}/base_model --tokenizer {w}/merged_tokenizer --data {data}/corpus_zh.txt "
+              f"--block-size 128 --max-steps {steps} {TRAIN_FLAGS} --output {{w}}/pt_lora"),
+        Stage("sft", "sft_lora",
+              "sft --model {w}/base_model --adapter {w}/pt_lora --data {data}/instructions.json "
+              f"--data {{data}}/conversations.jsonl --max-seq-length 256 --max-steps {steps} {TRAIN_FLAGS} "
+              "--output {w}/sft_lora"),
     ]
 
 
@@ -122,7 +85,7 @@ def run_demo(workdir: Path, steps: int = 30, runner: Callable[[list[str]], int] 
     saved = (console.SETTINGS.json, console.SETTINGS.quiet, console.SETTINGS.debug)
     for stage in stages(steps):
         flags = ["--quiet", "--json"] if stage.capture_json else ["--quiet"]
-        command = "zhllama " + " ".join([*flags[1:], *stage.argv(workdir)])
+        command = "zhllama " + shlex.join([*flags[1:], *stage.argv(workdir)])
         console.log(f"[bold]{stage.name}[/bold]: {command}")
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
