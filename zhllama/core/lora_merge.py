@@ -1,0 +1,375 @@
+"""Fold LoRA adapters into a base checkpoint shard by shard (`zhllama merge`).
+
+Memory stays at about one base shard plus the adapters: the base is read one shard at a time,
+each tensor gets every adapter's delta (B @ A * scaling, in fp32) or full replacement tensor
+(embed_tokens / lm_head saved through `modules_to_save`), and finished tensors are flushed into
+output shards of `--shard-size`. Everything that cannot be merged exactly is found before any
+output is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zhllama.core.atomic import atomic_dir
+from zhllama.core.errors import UserError
+
+PREFIX = "base_model.model."
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+CONFIG_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+# ---- adapters -----------------------------------------------------------------------------------
+@dataclass
+class Adapter:
+    path: Path
+    config: dict
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)  # base key -> (A, B, s)
+    full: dict[str, torch.Tensor] = field(default_factory=dict)  # base key -> replacement tensor
+    files: list[Path] = field(default_factory=list)
+
+
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st)), st
+    if binf.is_file():
+        return torch.load(binf, map_location="cpu", weights_only=True), binf
+    raise UserError(f"{path}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def _pattern_value(module: str, patterns: dict, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module name suffix (or regex)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{cfg_file}: malformed JSON ({exc.msg})") from exc
+    if config.get("peft_type") != "LORA":
+        raise UserError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
+    if config.get("use_dora"):
+        raise UserError(f"{cfg_file}: DoRA adapters cannot be merged exactly by zhllama merge (use_dora=true)")
+    state, file = _load_state(path)
+    adapter = Adapter(path, config, files=[cfg_file, file])
+    r, alpha = config["r"], config["lora_alpha"]
+    rslora = bool(config.get("use_rslora"))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    full_new: dict[str, torch.Tensor] = {}
+    full_old: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if ".lora_embedding_A" in name or ".lora_embedding_B" in name:
+            module = name.split(".lora_embedding_")[0]
+            raise UserError(f"{path}: module '{module}' has LoRA on an embedding without full tensors; cannot merge")
+        match = re.match(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", name)
+        if match:
+            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+        elif ".modules_to_save." in name:
+            module = name.split(".modules_to_save.")[0]
+            full_new[f"{module}.weight"] = tensor
+        elif ".original_module." in name:
+            continue
+        elif name.endswith(".weight") or name.endswith(".bias"):
+            full_old[name] = tensor  # older PEFT layout: the trained full tensor under its own name
+    adapter.full = {**full_old, **full_new}
+    for module, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise UserError(f"{path}: module '{module}' lacks lora_{'B' if 'A' in ab else 'A'}")
+        rank = _pattern_value(module, config.get("rank_pattern") or {}, r)
+        mod_alpha = _pattern_value(module, config.get("alpha_pattern") or {}, alpha)
+        scaling = mod_alpha / math.sqrt(rank) if rslora else mod_alpha / rank
+        adapter.lora[f"{module}.weight"] = (ab["A"], ab["B"], scaling)
+    return adapter
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, fan_in_fan_out: bool) -> torch.Tensor:
+    delta = (b.float() @ a.float()) * scaling
+    return delta.T if fan_in_fan_out else delta
+
+
+# ---- base checkpoint ------------------------------------------------------------------------------
+def base_shards(base: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = base / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [base / f for f in files]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (base / single).is_file():
+            return [base / single]
+    raise UserError(f"{base}: no model weights (model.safetensors / pytorch_model.bin, or an index)")
+
+
+def shard_keys(shard: Path) -> list[str]:
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(shard), "pt") as f:
+            return list(f.keys())
+    return list(torch.load(shard, map_location="cpu", weights_only=True).keys())
+
+
+def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(shard), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: tuple(v.shape) for k, v in torch.load(shard, map_location="cpu", weights_only=True).items()}
+
+
+def read_shard(shard: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    if shard.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(shard), "pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+    else:
+        yield from torch.load(shard, map_location="cpu", weights_only=True).items()
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
+    if not match:
+        raise UserError(f"--shard-size: '{text}' is not a size like 2GB or 500MB")
+    unit = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
+    return int(float(match.group(1)) * unit[match.group(2)])
+
+
+# ---- planning (all checks before any write) -------------------------------------------------------
+def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in base_shards(base):
+        shapes.update(shard_shapes(shard))
+    new_shapes = dict(shapes)
+    for adapter in adapters:
+        fan = bool(adapter.config.get("fan_in_fan_out"))
+        for key, tensor in adapter.full.items():
+            if key not in new_shapes:
+                raise UserError(f"{adapter.path}: module '{key.rsplit('.', 1)[0]}' is not in the base model")
+            if tensor.shape[1:] != torch.Size(new_shapes[key][1:]):
+                raise UserError(f"{adapter.path}: '{key}' has shape {tuple(tensor.shape)}, base {new_shapes[key]}")
+            new_shapes[key] = tuple(tensor.shape)
+        for key, (a, b, _) in adapter.lora.items():
+            if key not in new_shapes:
+                raise UserError(f"{adapter.path}: target module '{key.rsplit('.', 1)[0]}' is not in the base model")
+            out_f, in_f = (a.shape[1], b.shape[0]) if fan else (b.shape[0], a.shape[1])
+            if (out_f, in_f) != new_shapes[key]:
+                raise UserError(
+                    f"{adapter.path}: module '{key.rsplit('.', 1)[0]}' shape mismatch: LoRA gives {(out_f, in_f)}, "
+                    f"base has {new_shapes[key]}"
+                )
+    embed = next((k for k in new_shapes if k.endswith("embed_tokens.weight")), None)
+    if embed is not None and tokenizer_size is not None:
+        rows = new_shapes[embed][0]
+        padded = -(-tokenizer_size // 64) * 64
+        if rows < tokenizer_size or rows > max(padded, shapes[embed][0]):
+            raise UserError(
+                f"{adapters[-1].path}: embedding has {rows} rows but its tokenizer {tokenizer_size} pieces "
+                "(was the adapter trained with this tokenizer?)"
+            )
+    return new_shapes
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- merge ----------------------------------------------------------------------------------------
+@dataclass
+class MergeResult:
+    output: str
+    tensors: int
+    merged_lora: int
+    replaced: int
+    shards: int
+    vocab_size: int
+    dtype: str
+    seconds: float
+    verify_max_abs_diff: float | None = None
+
+
+def _base_dtype(base: Path) -> str:
+    config = json.loads((base / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
+    return CONFIG_DTYPES.get(name, "fp32")
+
+
+def merge(
+    base: str | Path,
+    loras: list[str | Path],
+    output: str | Path,
+    dtype: str | None = None,
+    shard_size: str = "2GB",
+    tokenizer: str | Path | None = None,
+    fmt: str = "hf",
+    verify: bool = False,
+    force: bool = False,
+    progress=None,
+) -> MergeResult:
+    """Merge `loras` (in order) into `base` and write `output` (hf or pth layout)."""
+    from zhllama.core.tokenizer import ZhTokenizer
+
+    start = time.perf_counter()
+    base = Path(base)
+    if not (base / "config.json").is_file():
+        raise UserError(f"{base}: not a model folder (no config.json)")
+    if not loras:
+        raise UserError("--lora: give at least one adapter")
+    if fmt not in ("hf", "pth"):
+        raise UserError(f"--format: '{fmt}' is not hf or pth")
+    dtype = dtype or _base_dtype(base)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    limit = parse_size(shard_size)
+    adapters = [load_adapter(p) for p in loras]
+    tok_source = Path(tokenizer) if tokenizer else adapters[-1].path
+    tok = ZhTokenizer(tok_source)
+    shapes = plan(base, adapters, len(tok))
+    config = json.loads((base / "config.json").read_text())
+    embed_key = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
+    vocab_size = shapes[embed_key][0] if embed_key else config.get("vocab_size")
+    counts = {"tensors": 0, "lora": 0, "replaced": 0}
+    target = DTYPES[dtype]
+
+    def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for shard in base_shards(base):
+            for key, tensor in read_shard(shard):
+                for adapter in adapters:
+                    if key in adapter.full:
+                        tensor = adapter.full[key]
+                        counts["replaced"] += 1
+                    if key in adapter.lora:
+                        a, b, s = adapter.lora[key]
+                        fan = bool(adapter.config.get("fan_in_fan_out"))
+                        tensor = tensor.float() + lora_delta(a, b, s, fan)
+                        counts["lora"] += 1
+                counts["tensors"] += 1
+                yield key, tensor.to(target).contiguous()
+            if progress is not None:
+                progress()
+
+    with atomic_dir(output, force=force) as tmp:
+        config["vocab_size"] = vocab_size
+        config["dtype"] = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
+        config.pop("torch_dtype", None)
+        if fmt == "hf":
+            n_shards = write_hf_shards(merged_tensors(), tmp, limit)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            gen = base / "generation_config.json"
+            if gen.is_file():
+                shutil.copyfile(gen, tmp / "generation_config.json")
+            else:
+                gen_cfg = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+                (tmp / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
+        else:
+            from zhllama.core.pth_format import write_pth
+
+            n_shards = write_pth(merged_tensors(), config, tmp)
+        tok.save(tmp)
+        max_diff = None
+        if verify and fmt == "hf":
+            max_diff = verify_against_peft(base, [a.path for a in adapters], tmp, vocab_size, len(tok))
+        seconds = time.perf_counter() - start
+        manifest = {
+            "base": str(base),
+            "adapters": [{"path": str(a.path), "sha256": {f.name: _sha256(f) for f in a.files}} for a in adapters],
+            "tokenizer": str(tok_source),
+            "dtype": dtype,
+            "format": fmt,
+            "outputs": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "seconds": seconds,
+            "verify_max_abs_diff": max_diff,
+        }
+        (tmp / "zhllama-merge.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return MergeResult(str(output), counts["tensors"], counts["lora"], counts["replaced"], n_shards, int(vocab_size),
+                       dtype, seconds, max_diff)
+
+
+def write_hf_shards(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, limit: int) -> int:
+    """safetensors shards of at most `limit` bytes (one tensor may exceed it alone) + the index."""
+    from safetensors.torch import save_file
+
+    parts: list[list[str]] = []
+    buffer: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        nonlocal buffer, size
+        if buffer:
+            save_file(buffer, str(out / f".part-{len(parts):05d}.safetensors"), metadata={"format": "pt"})
+            parts.append(list(buffer))
+            buffer, size = {}, 0
+
+    for key, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if buffer and size + nbytes > limit:
+            flush()
+        buffer[key] = tensor
+        size += nbytes
+        total += nbytes
+    flush()
+    if len(parts) == 1:
+        (out / ".part-00000.safetensors").rename(out / "model.safetensors")
+        return 1
+    weight_map = {}
+    for i, keys in enumerate(parts):
+        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        (out / f".part-{i:05d}.safetensors").rename(out / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return len(parts)
+
+
+def verify_against_peft(base: Path, adapters: list[Path], merged: Path, vocab_size: int, tok_size: int) -> float:
+    """Max |logits| difference between PEFT (base + adapters, merged one by one) and the merged folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    for path in adapters:
+        rows = _adapter_rows(path)
+        if rows is not None and rows != ref.get_input_embeddings().weight.shape[0]:
+            ref.resize_token_embeddings(rows, mean_resizing=False)
+        ref = PeftModel.from_pretrained(ref, str(path)).merge_and_unload()
+    ours = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, min(vocab_size, tok_size), (2, 16), generator=gen)
+    with torch.no_grad():
+        return float((ref(probe).logits - ours(probe).logits).abs().max())
+
+
+def _adapter_rows(path: Path) -> int | None:
+    adapter = load_adapter(path)
+    for key, tensor in adapter.full.items():
+        if key.endswith("embed_tokens.weight"):
+            return tensor.shape[0]
+    return None
