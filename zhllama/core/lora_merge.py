@@ -79,7 +79,7 @@ def load_adapter(path: str | Path) -> Adapter:
     full_new: dict[str, torch.Tensor] = {}
     full_old: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         if ".lora_embedding_A" in name or ".lora_embedding_B" in name:
             module = name.split(".lora_embedding_")[0]
             raise UserError(f"{path}: module '{module}' has LoRA on an embedding without full tensors; cannot merge")
@@ -309,8 +309,17 @@ def merge(
             "verify_max_abs_diff": max_diff,
         }
         (tmp / "zhllama-merge.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return MergeResult(str(output), counts["tensors"], counts["lora"], counts["replaced"], n_shards, int(vocab_size),
-                       dtype, seconds, max_diff)
+    return MergeResult(
+        str(output),
+        counts["tensors"],
+        counts["lora"],
+        counts["replaced"],
+        n_shards,
+        int(vocab_size),
+        dtype,
+        seconds,
+        max_diff,
+    )
 
 
 def write_hf_shards(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, limit: int) -> int:

@@ -18,9 +18,15 @@ def merge_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged model folder.")],
     dtype: Annotated[str | None, typer.Option("--dtype", help="fp16, bf16 or fp32 (default: the base's).")] = None,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Maximum output shard size.")] = "2GB",
-    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", help="Tokenizer to ship (default: the last adapter's).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors shards) or pth (Meta consolidated.*.pth).")] = "hf",
-    verify: Annotated[bool, typer.Option("--verify", help="Compare logits with PEFT merge_and_unload on a probe.")] = False,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer to ship (default: the last adapter's).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="hf (safetensors shards) or pth (Meta consolidated.*.pth).")
+    ] = "hf",
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Compare logits with PEFT merge_and_unload on a probe.")
+    ] = False,
     force: Force = False,
 ) -> None:
     """Merge LoRA adapters into a base model with memory of about one shard; writes atomically."""
@@ -30,8 +36,18 @@ def merge_command(
         raise UserError(f"{base}: not a model folder (no config.json)")
     shards = base_shards(base)
     with console.progress_task("merging shards", len(shards)) as advance:
-        result = merge(base, lora, output, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer, fmt=fmt,
-                       verify=verify, force=force, progress=advance)
+        result = merge(
+            base,
+            lora,
+            output,
+            dtype=dtype,
+            shard_size=shard_size,
+            tokenizer=tokenizer,
+            fmt=fmt,
+            verify=verify,
+            force=force,
+            progress=advance,
+        )
     rows = [
         ("output", result.output),
         ("format / dtype", f"{fmt} / {result.dtype}"),
