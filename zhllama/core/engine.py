@@ -3,7 +3,7 @@
 An engine plugin (entry-point group `zhllama.engines`) is a class with the usual plugin
 attributes (`name`, `description`, `requires`, `install_hint`), a classmethod
 `accepts(model_path) -> bool` used for automatic choice, and a classmethod
-`load(model_path, **options) -> LoadedModel`.
+`load(model_path, options: LoadOptions) -> LoadedModel`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """An OpenAI-compatible HTTP API over a `ChatRuntime` (FastAPI; run by `zhllama serve`).
 
+Imported only by `serve` (FastAPI and uvicorn are the `serve` extra).
+
 - `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`; `stream: true` sends
   server-sent events ending in `data: [DONE]`.
 - One generation at a time: every request runs on a single worker thread, so concurrent requests
@@ -21,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zhllama.core.engine import GenerationParams
@@ -61,11 +65,22 @@ class _Request(BaseModel):
     stream_options: dict[str, Any] | None = None
 
 
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
 class _ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[_TextPart]
+
+    def text(self) -> str:
+        """The content; OpenAI's list-of-parts form is joined (only text parts exist for this model)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatRequest(_Request):
@@ -101,15 +116,20 @@ class Server:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ApiError(400, "request body must be a JSON object")
+        model = data.get("model")
+        if model is not None and model != self.runtime.name:
+            raise ApiError(
+                404,
+                f"model '{model}' does not exist; this server has '{self.runtime.name}'",
+                param="model",
+                code="model_not_found",
+            )
         try:
             request = schema.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"])
             raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
-        if request.model is not None and request.model != self.runtime.name:
-            raise ApiError(404, f"model '{request.model}' does not exist; this server has '{self.runtime.name}'",
-                           param="model", code="model_not_found")
         return request
 
     def params(self, request: _Request) -> GenerationParams:
@@ -131,14 +151,17 @@ class Server:
     def prompt_ids(self, request: _Request) -> list[int]:
         try:
             if isinstance(request, ChatRequest):
-                ids = self.runtime.prompt_ids([Message(m.role, m.content) for m in request.messages])
+                ids = self.runtime.prompt_ids([Message(m.role, m.text()) for m in request.messages])
             else:
                 ids = self.runtime.completion_ids(request.prompt)
         except UserError as exc:
             raise ApiError(400, str(exc), param="messages") from None
         if len(ids) >= self.runtime.model.context_length:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; the context holds {self.runtime.model.context_length}",
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {len(ids)} tokens; the context holds {self.runtime.model.context_length}",
+                code="context_length_exceeded",
+            )
         return ids
 
 
@@ -149,9 +172,6 @@ def create_app(
     limits: ServerLimits | None = None,
 ):
     """The FastAPI application serving `runtime`."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     server = Server(runtime, defaults or GenerationParams(), api_key, limits or ServerLimits())
     app = FastAPI(title="zhllama", docs_url=None, redoc_url=None)
     app.state.server = server
@@ -166,13 +186,18 @@ def create_app(
 
     @app.exception_handler(405)
     async def bad_method(request: Request, _exc):
-        return JSONResponse(ApiError(405, f"{request.method} not allowed on {request.url.path}").body(), status_code=405)
+        return JSONResponse(
+            ApiError(405, f"{request.method} not allowed on {request.url.path}").body(), status_code=405
+        )
 
     @app.get("/v1/models")
     async def models(request: Request):
         server.check_auth(request.headers.get("authorization"))
         created = int(time.time())
-        return {"object": "list", "data": [{"id": runtime.name, "object": "model", "created": created, "owned_by": "zhllama"}]}
+        return {
+            "object": "list",
+            "data": [{"id": runtime.name, "object": "model", "created": created, "owned_by": "zhllama"}],
+        }
 
     async def read_body(request: Request) -> bytes:
         limit = server.limits.max_request_bytes
@@ -195,7 +220,9 @@ def create_app(
         shape = _ChatShape() if schema is ChatRequest else _CompletionShape()
         if parsed.stream:
             include_usage = bool((parsed.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_events(server, request, reply, shape, include_usage), media_type="text/event-stream")
+            return StreamingResponse(
+                _events(server, request, reply, shape, include_usage), media_type="text/event-stream"
+            )
         await _run_cancellable(server, request, reply)
         return shape.full(runtime.name, reply)
 
@@ -253,8 +280,16 @@ async def _events(server: Server, request, reply, shape, include_usage: bool):
         future.result()
         yield _sse(shape.chunk(ident, created, name, "", reply.finish_reason))
         if include_usage:
-            yield _sse({"id": ident, "object": shape.chunk_object, "created": created, "model": name, "choices": [],
-                        "usage": reply.usage})
+            yield _sse(
+                {
+                    "id": ident,
+                    "object": shape.chunk_object,
+                    "created": created,
+                    "model": name,
+                    "choices": [],
+                    "usage": reply.usage,
+                }
+            )
         yield "data: [DONE]\n\n"
     finally:
         reply.cancel()  # no-op when finished; stops a generation whose client went away
@@ -277,7 +312,11 @@ class _ChatShape:
             "created": int(time.time()),
             "model": name,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text},
+                    "finish_reason": reply.finish_reason,
+                }
             ],
             "usage": reply.usage,
         }
@@ -286,7 +325,9 @@ class _ChatShape:
         return self.chunk(ident, created, name, None, None)
 
     def chunk(self, ident: str, created: int, name: str, text: str | None, finish: str | None) -> dict:
-        delta: dict[str, str] = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+        delta: dict[str, str] = (
+            {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+        )
         return {
             "id": ident,
             "object": self.chunk_object,

@@ -74,6 +74,8 @@ def configure(config, method: str | None, factor: str | float | None) -> RopePla
     trained = config.max_position_embeddings
     base = float(config.rope_parameters["rope_theta"])
     if method is None:
+        if factor is not None:
+            raise UserError("--rope-factor: give --rope-scaling too (linear, dynamic, ntk or yarn)")
         return RopePlan(trained, base=base)
     value = parse_factor(method, factor)
     dim = head_dim(config)

@@ -7,11 +7,12 @@ answer `zhllama chat --prompt` prints for the same input.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions, open_model
+from zhllama.core.errors import UserError
 from zhllama.core.generation.respond import Reply, with_template_stops
 from zhllama.core.generation.speculative import SpeculativeDecoder, parse_draft_k
 from zhllama.core.templates import Message, Template, encode, get_template
@@ -38,6 +39,12 @@ class ChatRuntime:
         return self.model.tokenizer.encode(prompt, bos=True)
 
     def reply(self, prompt_ids: Sequence[int], params: GenerationParams) -> Reply:
+        """A `Reply` whose answer is cut where the context ends (never past what the model can hold)."""
+        room = self.model.context_length - len(prompt_ids)
+        if room < 1:
+            raise UserError(f"the prompt is {len(prompt_ids)} tokens; the context holds {self.model.context_length}")
+        if params.max_new_tokens > room:
+            params = replace(params, max_new_tokens=room)
         return Reply(self.model, prompt_ids, with_template_stops(params, self.template), self.decoder)
 
     def history_budget(self, max_new_tokens: int) -> int:

@@ -22,7 +22,6 @@ class Sampler:
     def __init__(self, params: GenerationParams):
         import torch
         from transformers import (
-            LogitsProcessorList,
             RepetitionPenaltyLogitsProcessor,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
@@ -40,7 +39,7 @@ class Sampler:
                 procs.append(TopKLogitsWarper(params.top_k))
             if params.top_p is not None and params.top_p < 1.0:
                 procs.append(TopPLogitsWarper(params.top_p))
-        self.processors = LogitsProcessorList(procs)
+        self.processors = procs  # called directly: LogitsProcessorList inspects signatures on every call
         # runs are reproducible by default: no seed means seed 0, not the global RNG
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
 
@@ -49,8 +48,10 @@ class Sampler:
         import torch
 
         scores = logits.float().reshape(1, -1)
-        if len(self.processors):
-            scores = self.processors(torch.tensor([list(ids)], dtype=torch.long), scores)
+        if self.processors:
+            input_ids = torch.tensor([list(ids)], dtype=torch.long)
+            for processor in self.processors:
+                scores = processor(input_ids, scores)
         return scores[0]
 
     def choose(self, scores) -> int:

@@ -1,10 +1,14 @@
 """Speculative decoding: a small draft model proposes k tokens, the target checks them in one pass.
 
-Greedy only, and exact: every emitted token is the target's own choice (same repetition penalty,
+Greedy decoding is exact: every emitted token is the target's own choice (same repetition penalty,
 same argmax) at that position, the draft only decides how many of them one target forward pass
 yields. The output is therefore token-for-token the target's plain greedy output, just with fewer
-target passes when the draft guesses well. `draft_k="auto"` adapts k as transformers' assisted
-generation does: +2 after a round where every proposal was accepted, -1 otherwise.
+target passes when the draft guesses well. (Exact up to floating point: the target scores k+1
+positions in one pass, and at a near-tie of ~1e-6 a batched pass can rank two tokens differently
+than a one-token pass would.) With sampling, proposals are accepted by the rejection rule of
+Leviathan et al. (`verify`), so every token is distributed as the target alone would sample it.
+`draft_k="auto"` adapts k as transformers' assisted generation does: +2 after a round where every
+proposal was accepted, -1 otherwise.
 """
 
 from __future__ import annotations
@@ -74,8 +78,6 @@ class SpeculativeDecoder:
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
         sampler = Sampler(params)
-        if not sampler.greedy:
-            raise UserError("--draft-model: speculative decoding is exact only for greedy decoding; add --greedy")
         ends = stop_ids(self.target.tokenizer, params, getattr(self.target, "extra_stops", ()))
         text = TextStream(self.target.tokenizer, stop_strings(params))
         ids = list(prompt_ids)
@@ -87,13 +89,17 @@ class SpeculativeDecoder:
         while True:
             k_now = max(1, min(k, params.max_new_tokens - produced))
             base = len(ids)
-            proposals = self._propose(draft, sampler, ids, k_now)
+            proposals, draft_probs = self._propose(draft, sampler, ids, k_now)
             rows = target.feed([ids[-1], *proposals], all_logits=True)
             self.stats.target_passes += 1
             self.stats.proposed += k_now
             accepted = 0
             for j in range(k_now + 1):
-                token = sampler.choose(sampler.process(ids, rows[j]))
+                scores = sampler.process(ids, rows[j])
+                if j == k_now:
+                    token, agreed = sampler.choose(scores), False
+                else:
+                    token, agreed = verify(sampler, scores, proposals[j], draft_probs[j])
                 if token in ends:
                     return
                 yield token
@@ -104,7 +110,7 @@ class SpeculativeDecoder:
                 if text.stopped or produced >= params.max_new_tokens:
                     self.stats.accepted += accepted
                     return
-                if j == k_now or token != proposals[j]:
+                if not agreed:
                     break
                 accepted += 1
             self.stats.accepted += accepted
@@ -114,11 +120,53 @@ class SpeculativeDecoder:
                 k = min(k + 2, MAX_K) if accepted == k_now else max(1, k - 1)
 
     @staticmethod
-    def _propose(draft, sampler: Sampler, ids: list[int], k: int) -> list[int]:
+    def _propose(draft, sampler: Sampler, ids: list[int], k: int):
+        """k draft tokens and the draft's distributions they were drawn from (None when greedy)."""
         logits = draft.feed(ids[draft.length :])
         proposals: list[int] = []
+        probs = []
         for i in range(k):
-            proposals.append(sampler.choose(sampler.process(ids + proposals, logits)))
+            scores = sampler.process(ids + proposals, logits)
+            if sampler.greedy:
+                probs.append(None)
+                proposals.append(sampler.choose(scores))
+            else:
+                q = _softmax(scores)
+                probs.append(q)
+                proposals.append(int(_draw(q, sampler.generator)))
             if i < k - 1:
                 logits = draft.feed([proposals[-1]])
-        return proposals
+        return proposals, probs
+
+
+def _softmax(scores):
+    import torch
+
+    return torch.softmax(scores, dim=-1)
+
+
+def _draw(probs, generator) -> int:
+    import torch
+
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def verify(sampler: Sampler, scores, proposal: int, draft_probs) -> tuple[int, bool]:
+    """The target's token at one position given the draft's proposal: (token, proposal accepted).
+
+    Greedy: the target's argmax; the proposal counts as accepted when it is that token.
+    Sampling (Leviathan et al. 2023): accept with probability min(1, p(x)/q(x)), otherwise draw
+    from the residual max(0, p - q) renormalised; the token is then distributed exactly as p.
+    """
+    import torch
+
+    if draft_probs is None:
+        token = sampler.choose(scores)
+        return token, token == proposal
+    p = _softmax(scores)
+    ratio = p[proposal] / draft_probs[proposal]
+    if torch.rand((), generator=sampler.generator) < ratio:
+        return proposal, True
+    residual = torch.clamp(p - draft_probs, min=0)
+    total = residual.sum()
+    return _draw(residual / total if total > 0 else p, sampler.generator), False

@@ -1,0 +1,1 @@
+"""Quantization: shared reporting plus the GGUF writer; methods are plugins in `zhllama.quantizers`."""

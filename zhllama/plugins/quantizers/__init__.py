@@ -1,0 +1,1 @@
+"""Built-in quantization methods (entry points in `zhllama.quantizers`)."""

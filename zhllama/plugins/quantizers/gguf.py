@@ -1,0 +1,47 @@
+"""GGUF for llama.cpp: F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 with the gguf package, K-quants via llama.cpp."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from zhllama.core import console
+from zhllama.core.errors import MissingDependencyError, UserError
+from zhllama.core.quantize.gguf_export import TYPES, write_gguf
+from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
+
+K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+
+
+class GGUF(Quantizer):
+    name = "gguf"
+    description = "llama.cpp GGUF file (F16, Q8_0, Q4_0, ...; K-quants with llama-cpp-python)"
+    requires = ("gguf",)
+    install_hint = "pip install 'zhllama[gguf]' (K-quants: pip install 'zhllama[llamacpp]')"
+    output_is_file = True
+
+    def settings(self, options: QuantizeOptions) -> dict:
+        return {"type": options.gguf_type.upper()}
+
+    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
+        qtype = options.gguf_type.upper()
+        if qtype in TYPES:
+            with console.progress_task(f"writing GGUF {qtype}", None) as advance:
+                write_gguf(model, output, qtype, progress=advance)
+            return
+        if qtype not in K_QUANTS:
+            raise UserError(f"--type: '{qtype}' is not one of {', '.join(TYPES + K_QUANTS)}")
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"--type {qtype} (a K-quant) needs llama-cpp-python; install it with: pip install 'zhllama[llamacpp]'"
+            ) from exc
+        with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+            f16 = Path(tmp) / "f16.gguf"
+            write_gguf(model, f16, "F16")
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+            status = llama_cpp.llama_model_quantize(str(f16).encode(), str(output).encode(), params)
+            if status != 0:
+                raise UserError(f"llama.cpp failed to quantize to {qtype} (status {status})")

@@ -1,0 +1,58 @@
+"""GPTQ through GPTQModel (auto-gptq does not work with transformers 5).
+
+GPTQModel is an optional extra (`zhllama[gptq]`); it pins its own numpy, so install it in its own
+environment. On CPU-only machines set GPTQMODEL_CPU_WORKERS to the core count (done here).
+Calibration samples shorter than 10 tokens are dropped by GPTQModel, so they are filtered first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zhllama.core.errors import UserError
+from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
+
+MIN_SAMPLE_TOKENS = 10
+
+
+def calibration_texts(path: Path | None, samples: int, tokenizer) -> list[str]:
+    if path is None:
+        raise UserError("--calibration: gptq needs a calibration text file (one sample per line)")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [line for line in lines if len(tokenizer.encode(line)) >= MIN_SAMPLE_TOKENS][:samples]
+    if not texts:
+        raise UserError(f"{path}: no calibration line has {MIN_SAMPLE_TOKENS} or more tokens")
+    return texts
+
+
+class GPTQ(Quantizer):
+    name = "gptq"
+    description = "GPTQ 4/8-bit through GPTQModel"
+    requires = ("gptqmodel",)
+    install_hint = "pip install 'zhllama[gptq]'"
+
+    def settings(self, options: QuantizeOptions) -> dict:
+        return {
+            "bits": options.bits,
+            "group_size": options.group_size,
+            "samples": options.samples,
+            "calibration": str(options.calibration) if options.calibration else None,
+        }
+
+    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
+        if options.bits not in (4, 8):
+            raise UserError(f"--bits: {options.bits} is not 4 or 8")
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+        from gptqmodel import GPTQModel, QuantizeConfig
+
+        from zhllama.core.tokenizer import ZhTokenizer
+
+        tok = ZhTokenizer(model)
+        texts = calibration_texts(options.calibration, options.samples, tok)
+        quantized = GPTQModel.load(str(model), QuantizeConfig(bits=options.bits, group_size=options.group_size))
+        quantized.quantize(texts)
+        quantized.save(str(output))
+        tok.save(output)
