@@ -1,0 +1,1 @@
+"""Benchmarks: C-Eval / CMMLU multiple choice and LongBench generation, scored reproducibly."""

@@ -1,0 +1,1 @@
+"""Built-in benchmarks (entry points in `zhllama.benchmarks`)."""

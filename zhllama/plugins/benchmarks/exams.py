@@ -1,0 +1,79 @@
+"""What C-Eval and CMMLU share: a folder of per-subject CSVs plus a subject -> (name, category) mapping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zhllama.core.assets import data_path
+from zhllama.core.errors import UserError
+from zhllama.core.evaluation import mcq
+
+
+class Exam:
+    """A multiple-choice benchmark plugin; subclasses describe their file layout."""
+
+    name = ""
+    description = ""
+    requires: tuple[str, ...] = ()
+    install_hint = ""
+    kind = "mcq"
+    splits: tuple[str, ...] = ()
+    shipped_mapping = ""
+    columns: dict[str, str] = {}
+
+    def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
+        """subject -> (Chinese name, category); a mapping file in the data folder wins over the shipped one."""
+        raise NotImplementedError
+
+    def split_file(self, data_dir: Path, split: str, subject: str) -> Path:
+        raise NotImplementedError
+
+    def subjects_in(self, data_dir: Path, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def header(self, subject: str, names: dict[str, str], style: str) -> str:
+        if style == "cla2":
+            return mcq.CEVAL_HEADER.format(subject=subject)
+        if style not in ("default",):
+            raise UserError(f"--prompt-style: '{style}' is not one of default, cla2 for {self.name}")
+        return mcq.CEVAL_HEADER.format(subject=names[subject])
+
+    def load(self, data_dir: Path, split: str):
+        """(questions by subject, dev examples by subject, Chinese names, categories)."""
+        data_dir = Path(data_dir)
+        if split not in self.splits:
+            raise UserError(f"--split: '{split}' is not one of {', '.join(self.splits)} for {self.name}")
+        if not data_dir.is_dir():
+            raise UserError(f"{data_dir}: data folder not found")
+        mapping = self.mapping(data_dir)
+        subjects = self.subjects_in(data_dir, split)
+        if not subjects:
+            raise UserError(f"{data_dir}: no {self.name} files for split '{split}'")
+        unknown = [s for s in subjects if s not in mapping]
+        if unknown:
+            raise UserError(
+                f"{self.split_file(data_dir, split, unknown[0])}: subject '{unknown[0]}' is not in the subject mapping"
+            )
+        questions = {
+            s: mcq.read_csv_questions(
+                self.split_file(data_dir, split, s), s, self.columns, require_answer=split != "test"
+            )
+            for s in subjects
+        }
+        dev = {}
+        for s in subjects:
+            dev_file = self.split_file(data_dir, "dev", s)
+            if dev_file.is_file():
+                dev[s] = mcq.read_csv_questions(dev_file, s, self.columns, require_answer=True)
+        names = {s: mapping[s][0] for s in mapping}
+        categories = {s: mapping[s][1] for s in mapping}
+        return questions, dev, names, categories
+
+
+def read_mapping(local: Path, shipped: str, convert) -> dict[str, tuple[str, str]]:
+    path = local if local.is_file() else data_path("benchmarks", shipped)
+    try:
+        return convert(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{path}: not a valid subject mapping ({exc})") from exc
