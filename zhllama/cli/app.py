@@ -60,7 +60,7 @@ def root(
     ] = False,
 ) -> None:
     console.SETTINGS.json = json_output
-    console.SETTINGS.quiet = quiet or json_output and not console.stderr.is_terminal
+    console.SETTINGS.quiet = quiet
     console.SETTINGS.debug = debug
     _quiet_libraries(debug)
     if config is not None:
