@@ -13,7 +13,7 @@ def test_demo_pipeline_artifacts_load(run_cli, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     work = tmp_path / "demo"
-    code, out, err = run_cli("--json", "demo", "--workdir", work, "--steps", "3")
+    code, out, err = run_cli("--json", "demo", "--workdir", work, "--steps", "3", "--sft-steps", "3")
     assert code == 0, err
     result = json.loads(out)
     stages = {s["stage"]: s for s in result["stages"]}
@@ -28,12 +28,15 @@ def test_demo_pipeline_artifacts_load(run_cli, tmp_path):
     base.resize_token_embeddings(summary["vocab_size"], mean_resizing=False)
     model = PeftModel.from_pretrained(base, str(work / "sft_lora"))
     assert model.get_input_embeddings().weight.shape[0] == summary["vocab_size"]
-    if (work / "merged_model").exists():
-        merged = AutoModelForCausalLM.from_pretrained(str(work / "merged_model"))
-        assert merged.config.vocab_size == summary["vocab_size"]
-    ggufs = list(work.glob("*.gguf"))
-    if ggufs:
-        from gguf import GGUFReader
+    merged = AutoModelForCausalLM.from_pretrained(str(work / "merged_model"))
+    assert merged.config.vocab_size == summary["vocab_size"]
+    merge_manifest = json.loads((work / "merged_model" / "zhllama-merge.json").read_text())
+    assert merge_manifest["verify_max_abs_diff"] < 1e-4
+    from gguf import GGUFReader
 
-        reader = GGUFReader(str(ggufs[0]))
-        assert "general.architecture" in reader.fields
+    reader = GGUFReader(str(work / "model-q8_0.gguf"))
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
+    ceval = json.loads((work / "ceval" / "summary.json").read_text())
+    assert ceval["overall"]["total"] == 24
+    chat = json.loads((work / "chat.json").read_text())
+    assert chat["prompt"] == "熊猫最喜欢吃什么？" and isinstance(chat["answer"], str)

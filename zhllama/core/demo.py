@@ -50,31 +50,75 @@ def _size(path: Path) -> int:
 TRAIN_FLAGS = "--lora-rank 8 --lora-alpha 16 --learning-rate 1e-3 --logging-steps 5 --cache-dir {w}/cache"
 
 
-def stages(steps: int) -> list[Stage]:
-    """The demo chain; `steps` sets the number of training steps of pretrain and sft."""
+def stages(steps: int, sft_steps: int) -> list[Stage]:
+    """The demo chain; `steps` / `sft_steps` set the training steps of pretrain / sft.
+
+    SFT runs long enough (300 steps by default, ~30 s) for the tiny model to memorise some of the
+    shipped instructions, so the final `chat` answer is recognisable.
+    """
     return [
-        Stage("base tokenizer", "base_sp.model",
-              "vocab train --input {data}/corpus_en.txt --vocab-size 400 --byte-fallback --output {w}/base_sp.model"),
-        Stage("vocab train", "chinese_sp.model",
-              "vocab train --input {data}/corpus_zh.txt --vocab-size 1200 --output {w}/chinese_sp.model"),
-        Stage("vocab merge", "merged_tokenizer",
-              "vocab merge --base {w}/base_sp.model --add {w}/chinese_sp.model --output {w}/merged_tokenizer"),
-        Stage("vocab stats", "vocab_stats.json",
-              "vocab stats --tokenizer {w}/base_sp.model --tokenizer {w}/merged_tokenizer --text {data}/corpus_zh.txt",
-              capture_json=True),
-        Stage("tiny base model", "base_model",
-              "tiny-model --tokenizer {w}/base_sp.model --output {w}/base_model"),
-        Stage("pretrain", "pt_lora",
-              "pretrain --model {w}/base_model --tokenizer {w}/merged_tokenizer --data {data}/corpus_zh.txt "
-              f"--block-size 128 --max-steps {steps} {TRAIN_FLAGS} --output {{w}}/pt_lora"),
-        Stage("sft", "sft_lora",
-              "sft --model {w}/base_model --adapter {w}/pt_lora --data {data}/instructions.json "
-              f"--data {{data}}/conversations.jsonl --max-seq-length 256 --max-steps {steps} {TRAIN_FLAGS} "
-              "--output {w}/sft_lora"),
+        Stage(
+            "base tokenizer",
+            "base_sp.model",
+            "vocab train --input {data}/corpus_en.txt --vocab-size 400 --byte-fallback --output {w}/base_sp.model",
+        ),
+        Stage(
+            "vocab train",
+            "chinese_sp.model",
+            "vocab train --input {data}/corpus_zh.txt --vocab-size 1200 --output {w}/chinese_sp.model",
+        ),
+        Stage(
+            "vocab merge",
+            "merged_tokenizer",
+            "vocab merge --base {w}/base_sp.model --add {w}/chinese_sp.model --output {w}/merged_tokenizer",
+        ),
+        Stage(
+            "vocab stats",
+            "vocab_stats.json",
+            "vocab stats --tokenizer {w}/base_sp.model --tokenizer {w}/merged_tokenizer --text {data}/corpus_zh.txt",
+            capture_json=True,
+        ),
+        Stage("tiny base model", "base_model", "tiny-model --tokenizer {w}/base_sp.model --output {w}/base_model"),
+        Stage(
+            "pretrain",
+            "pt_lora",
+            "pretrain --model {w}/base_model --tokenizer {w}/merged_tokenizer --data {data}/corpus_zh.txt "
+            f"--block-size 128 --max-steps {steps} {TRAIN_FLAGS} --output {{w}}/pt_lora",
+        ),
+        Stage(
+            "sft",
+            "sft_lora",
+            "sft --model {w}/base_model --adapter {w}/pt_lora --data {data}/instructions.json "
+            f"--max-seq-length 256 --max-steps {sft_steps} --per-device-train-batch-size 4 {TRAIN_FLAGS} "
+            "--learning-rate 5e-3 --lr-scheduler-type constant --output {w}/sft_lora",
+        ),
+        Stage(
+            "merge",
+            "merged_model",
+            "merge --base {w}/base_model --lora {w}/sft_lora --output {w}/merged_model --verify",
+        ),
+        Stage(
+            "quantize gguf",
+            "model-q8_0.gguf",
+            "quantize gguf --model {w}/merged_model --type Q8_0 --output {w}/model-q8_0.gguf",
+        ),
+        Stage(
+            "eval ceval",
+            "ceval/summary.json",
+            "eval ceval --model {w}/merged_model --data-dir {data}/ceval --shots 1 --output {w}/ceval",
+        ),
+        Stage(
+            "chat",
+            "chat.json",
+            "chat --model {w}/merged_model --greedy --max-new-tokens 48 --prompt 熊猫最喜欢吃什么？",
+            capture_json=True,
+        ),
     ]
 
 
-def run_demo(workdir: Path, steps: int = 30, runner: Callable[[list[str]], int] | None = None) -> list[StageResult]:
+def run_demo(
+    workdir: Path, steps: int = 30, sft_steps: int = 300, runner: Callable[[list[str]], int] | None = None
+) -> list[StageResult]:
     """Run every stage in order; stop at the first failing stage with an error naming it and its log."""
     if runner is None:
         from zhllama.cli.app import run as runner
@@ -83,7 +127,7 @@ def run_demo(workdir: Path, steps: int = 30, runner: Callable[[list[str]], int] 
     logs.mkdir(exist_ok=True)
     results: list[StageResult] = []
     saved = (console.SETTINGS.json, console.SETTINGS.quiet, console.SETTINGS.debug)
-    for stage in stages(steps):
+    for stage in stages(steps, sft_steps):
         flags = ["--quiet", "--json"] if stage.capture_json else ["--quiet"]
         command = "zhllama " + shlex.join([*flags[1:], *stage.argv(workdir)])
         console.log(f"[bold]{stage.name}[/bold]: {command}")
