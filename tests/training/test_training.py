@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from zhllama.core.assets import data_path
+from zhllama.core.errors import UserError
 from zhllama.core.training import pretrain, sft
 
 
@@ -313,3 +314,27 @@ def test_two_process_gloo_run_end_to_end(tmp_path, tiny_base_model, merged_token
     assert summary["tokens"] == 4 * 2 * 32  # both ranks' batches counted
     assert json.loads(proc.stdout)["steps"] == 4  # one report, from rank 0
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_qlora_4bit_trains_and_saves_adapter(tmp_path, tiny_base_model, merged_tokenizer, tiny_cfg):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), tokenizer=merged_tokenizer, qlora=4, max_steps=3,
+                   extra={"block_size": 32})
+    summary = pretrain(cfg)
+    assert summary["steps"] == 3
+    base = AutoModelForCausalLM.from_pretrained(
+        str(tiny_base_model), quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": "cpu"}
+    )
+    base.resize_token_embeddings(summary["vocab_size"], mean_resizing=False)
+    model = PeftModel.from_pretrained(base, str(cfg.output))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_qlora_rejects_bad_bits_and_full(tmp_path, tiny_base_model, tiny_cfg):
+    with pytest.raises(UserError, match="--qlora: 3"):
+        pretrain(tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), qlora=3))
+    with pytest.raises(UserError, match="--full and --qlora"):
+        pretrain(tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), output=tmp_path / "o2", qlora=4, full=True))
