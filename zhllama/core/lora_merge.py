@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from zhllama.core import safetensors_stream
 from zhllama.core.atomic import atomic_dir
 from zhllama.core.errors import UserError
 
@@ -122,31 +123,16 @@ def base_shards(base: Path) -> list[Path]:
     raise UserError(f"{base}: no model weights (model.safetensors / pytorch_model.bin, or an index)")
 
 
-def shard_keys(shard: Path) -> list[str]:
-    if shard.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(shard), "pt") as f:
-            return list(f.keys())
-    return list(torch.load(shard, map_location="cpu", weights_only=True).keys())
-
-
 def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
     if shard.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(shard), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return safetensors_stream.shapes(shard)
     return {k: tuple(v.shape) for k, v in torch.load(shard, map_location="cpu", weights_only=True).items()}
 
 
 def read_shard(shard: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors of one base shard, one at a time (safetensors are read without a memory map)."""
     if shard.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(shard), "pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        yield from safetensors_stream.iter_tensors(shard)
     else:
         yield from torch.load(shard, map_location="cpu", weights_only=True).items()
 
@@ -161,9 +147,15 @@ def parse_size(text: str) -> int:
 
 # ---- planning (all checks before any write) -------------------------------------------------------
 def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dict[str, tuple[int, ...]]:
+    """Output shape of every tensor, in the order the base shards yield them; raises before any write."""
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in base_shards(base):
-        shapes.update(shard_shapes(shard))
+        order = [k for k, _ in read_shard(shard)] if shard.suffix != ".safetensors" else None
+        found = shard_shapes(shard)
+        if order is None:
+            header, _ = safetensors_stream.read_header(shard)
+            order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+        shapes.update({k: found[k] for k in order})
     new_shapes = dict(shapes)
     for adapter in adapters:
         fan = bool(adapter.config.get("fan_in_fan_out"))
@@ -281,7 +273,7 @@ def merge(
         config["dtype"] = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[dtype]
         config.pop("torch_dtype", None)
         if fmt == "hf":
-            n_shards = write_hf_shards(merged_tensors(), tmp, limit)
+            n_shards = write_hf_shards(merged_tensors(), shapes, target, tmp, limit)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             gen = base / "generation_config.json"
             if gen.is_file():
@@ -322,40 +314,42 @@ def merge(
     )
 
 
-def write_hf_shards(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, limit: int) -> int:
-    """safetensors shards of at most `limit` bytes (one tensor may exceed it alone) + the index."""
-    from safetensors.torch import save_file
-
-    parts: list[list[str]] = []
-    buffer: dict[str, torch.Tensor] = {}
+def write_hf_shards(
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    shapes: dict[str, tuple[int, ...]],
+    dtype: torch.dtype,
+    out: Path,
+    limit: int,
+) -> int:
+    """Stream tensors into safetensors shards of at most `limit` bytes (a bigger tensor gets its own)."""
+    element = torch.empty(0, dtype=dtype).element_size()
+    groups: list[list[str]] = [[]]
     size = total = 0
-
-    def flush() -> None:
-        nonlocal buffer, size
-        if buffer:
-            save_file(buffer, str(out / f".part-{len(parts):05d}.safetensors"), metadata={"format": "pt"})
-            parts.append(list(buffer))
-            buffer, size = {}, 0
-
-    for key, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if buffer and size + nbytes > limit:
-            flush()
-        buffer[key] = tensor
+    for key, shape in shapes.items():
+        nbytes = torch.Size(shape).numel() * element
+        if groups[-1] and size + nbytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(key)
         size += nbytes
         total += nbytes
-    flush()
-    if len(parts) == 1:
-        (out / ".part-00000.safetensors").rename(out / "model.safetensors")
-        return 1
-    weight_map = {}
-    for i, keys in enumerate(parts):
-        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
-        (out / f".part-{i:05d}.safetensors").rename(out / name)
-        weight_map.update(dict.fromkeys(keys, name))
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return len(parts)
+    names = (
+        ["model.safetensors"]
+        if len(groups) == 1
+        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
+    stream = iter(tensors)
+    for name, keys in zip(names, groups, strict=True):
+        writer = safetensors_stream.StreamWriter(out / name, [(k, dtype, shapes[k]) for k in keys])
+        for key in keys:
+            got_key, tensor = next(stream)
+            writer.write(got_key, tensor)
+        writer.close()
+    if len(groups) > 1:
+        weight_map = {k: name for name, keys in zip(names, groups, strict=True) for k in keys}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return len(groups)
 
 
 def verify_against_peft(base: Path, adapters: list[Path], merged: Path, vocab_size: int, tok_size: int) -> float:

@@ -92,6 +92,61 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int):
     return tokens, scores, types, special, proto.normalizer_spec.add_dummy_prefix
 
 
+def byte_level_bpe_vocab(model_dir: Path, vocab_size: int):
+    """GPT-2-style byte-level BPE (tokenizer.json) as llama.cpp's 'gpt2' tokenizer: tokens, merges, types."""
+    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
+        raise UserError(
+            f"{model_dir / 'tokenizer.json'}: only byte-level BPE or SentencePiece vocabularies can be written to GGUF"
+        )
+    by_id = {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    by_id.update({i: a["content"] for i, a in added.items()})
+    if max(by_id) >= vocab_size:
+        raise UserError(f"{model_dir}: tokenizer has ids up to {max(by_id)} but the model only {vocab_size} rows")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(5)  # UNUSED
+            continue
+        tokens.append(by_id[i].encode("utf-8"))
+        types.append((3 if added[i].get("special") else 4) if i in added else 1)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return tokens, types, merges
+
+
+def write_vocab(writer, model_dir: Path, vocab_size: int) -> None:
+    """SentencePiece vocabularies as llama.cpp's 'llama' tokenizer, byte-level BPE as 'gpt2'."""
+    if (model_dir / "tokenizer.model").is_file():
+        tokens, scores, types, special, dummy_prefix = sentencepiece_vocab(model_dir, vocab_size)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_add_space_prefix(bool(dummy_prefix))
+    elif (model_dir / "tokenizer.json").is_file():
+        from zhllama.core.tokenizer import ZhTokenizer
+
+        tokens, types, merges = byte_level_bpe_vocab(model_dir, vocab_size)
+        tok = ZhTokenizer(model_dir)
+        special = {"bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "pad": tok._hf_id("pad")}
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+    else:
+        raise UserError(f"{model_dir}: no tokenizer.model or tokenizer.json to write the GGUF vocabulary from")
+    for name, idx in special.items():
+        if idx is not None:
+            getattr(writer, f"add_{name}_token_id")(idx)
+    writer.add_add_bos_token((model_dir / "tokenizer.model").is_file())
+    writer.add_add_eos_token(False)
+
+
 def _iter_tensors(model_dir: Path):
     from zhllama.core.lora_merge import base_shards, read_shard
 
@@ -116,7 +171,6 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     vocab_size = config["vocab_size"]
-    tokens, scores, types, special, dummy_prefix = sentencepiece_vocab(model_dir, vocab_size)
 
     writer = gguf.GGUFWriter(str(output), "llama")
     writer.add_name(model_dir.name)
@@ -132,17 +186,7 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
     writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
     writer.add_vocab_size(vocab_size)
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[qtype]))
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    for name, idx in special.items():
-        if idx is not None:
-            getattr(writer, f"add_{name}_token_id")(idx)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(bool(dummy_prefix))
+    write_vocab(writer, model_dir, vocab_size)
 
     target = getattr(gguf.GGMLQuantizationType, qtype)
     count = 0
