@@ -341,7 +341,7 @@ def write_hf_shards(
     stream = iter(tensors)
     for name, keys in zip(names, groups, strict=True):
         writer = safetensors_stream.StreamWriter(out / name, [(k, dtype, shapes[k]) for k in keys])
-        for key in keys:
+        for _ in keys:
             got_key, tensor = next(stream)
             writer.write(got_key, tensor)
         writer.close()
