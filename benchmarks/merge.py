@@ -23,7 +23,11 @@ LAYERS, HIDDEN, INTER, HEADS = (4, 512, 1376, 8) if SMALL else (22, 2048, 5632, 
 VOCAB, NEW_VOCAB, RANK = 32000, 49953, 64
 SHARD_BYTES = 1 << 30
 
-REPORT = "import resource, sys; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+# VmHWM is the child's own high-water mark (ru_maxrss would include the parent's at fork time)
+REPORT = (
+    "import sys; print('PEAK_RSS_KB', next(l.split()[1] for l in open('/proc/self/status') "
+    "if l.startswith('VmHWM')), file=sys.stderr)"
+)
 
 
 def write_base(folder: Path) -> None:
@@ -36,11 +40,19 @@ def write_base(folder: Path) -> None:
     shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
-                       p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-                       p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
-                       p + "mlp.down_proj.weight": (HIDDEN, INTER), p + "input_layernorm.weight": (HIDDEN,),
-                       p + "post_attention_layernorm.weight": (HIDDEN,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+            }
+        )
     shapes.update({"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)})
     shards, current, size = [], {}, 0
     for key, shape in shapes.items():
@@ -57,11 +69,22 @@ def write_base(folder: Path) -> None:
         save_file(shard, str(folder / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-              "intermediate_size": INTER, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-              "num_key_value_heads": HEADS, "vocab_size": VOCAB, "max_position_embeddings": 4096,
-              "rms_norm_eps": 1e-6, "dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
-              "tie_word_embeddings": False}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTER,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "dtype": "float16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": False,
+    }
     (folder / "config.json").write_text(json.dumps(config))
 
 
@@ -74,9 +97,15 @@ def write_adapter(folder: Path, tokenizer: Path) -> None:
     folder.mkdir()
     gen = torch.Generator().manual_seed(1)
     state = {}
-    dims = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN, HIDDEN), "v_proj": (HIDDEN, HIDDEN),
-            "o_proj": (HIDDEN, HIDDEN), "gate_proj": (INTER, HIDDEN), "up_proj": (INTER, HIDDEN),
-            "down_proj": (HIDDEN, INTER)}
+    dims = {
+        "q_proj": (HIDDEN, HIDDEN),
+        "k_proj": (HIDDEN, HIDDEN),
+        "v_proj": (HIDDEN, HIDDEN),
+        "o_proj": (HIDDEN, HIDDEN),
+        "gate_proj": (INTER, HIDDEN),
+        "up_proj": (INTER, HIDDEN),
+        "down_proj": (HIDDEN, INTER),
+    }
     for i in range(LAYERS):
         for module, (out_f, in_f) in dims.items():
             part = "self_attn" if module.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
@@ -86,9 +115,19 @@ def write_adapter(folder: Path, tokenizer: Path) -> None:
     state["base_model.model.model.embed_tokens.weight"] = (torch.randn(NEW_VOCAB, HIDDEN, generator=gen) * 0.02).half()
     state["base_model.model.lm_head.weight"] = (torch.randn(NEW_VOCAB, HIDDEN, generator=gen) * 0.02).half()
     save_file(state, str(folder / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 128, "lora_dropout": 0.05,
-              "target_modules": list(dims), "modules_to_save": ["embed_tokens", "lm_head"], "bias": "none",
-              "fan_in_fan_out": False, "inference_mode": True, "base_model_name_or_path": "base"}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": RANK,
+        "lora_alpha": 128,
+        "lora_dropout": 0.05,
+        "target_modules": list(dims),
+        "modules_to_save": ["embed_tokens", "lm_head"],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": "base",
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config))
     ZhTokenizer(tokenizer).save(folder)
 
@@ -133,18 +172,25 @@ def main() -> dict:
             f"m.save_pretrained({str(root / 'peft')!r}, max_shard_size='1GB')"
         )
         result = {
-            "base_bytes": size, "params": size // 2,
-            "zhllama_wall_s": ours_wall, "zhllama_peak_rss": ours_peak,
-            "peft_wall_s": peft_wall, "peft_peak_rss": peft_peak,
+            "base_bytes": size,
+            "params": size // 2,
+            "zhllama_wall_s": ours_wall,
+            "zhllama_peak_rss": ours_peak,
+            "peft_wall_s": peft_wall,
+            "peft_peak_rss": peft_peak,
             "copy_wall_s": copy_wall,
             "rss_ratio_vs_peft": ours_peak / peft_peak,
             "wall_ratio_vs_peft": ours_wall / peft_wall,
             "wall_ratio_vs_copy": ours_wall / copy_wall,
         }
-        print(f"base {size / 2**30:.2f} GiB: zhllama merge {ours_wall:.1f}s / {ours_peak / 2**30:.2f} GiB peak; "
-              f"PEFT {peft_wall:.1f}s / {peft_peak / 2**30:.2f} GiB; plain copy {copy_wall:.1f}s")
-        print(f"peak RSS {result['rss_ratio_vs_peft']:.2f}x PEFT (goal <= 0.35x); wall {result['wall_ratio_vs_peft']:.2f}x "
-              f"PEFT (goal <= 1.0x); wall {result['wall_ratio_vs_copy']:.2f}x copy (goal <= 2x)")
+        print(
+            f"base {size / 2**30:.2f} GiB: zhllama merge {ours_wall:.1f}s / {ours_peak / 2**30:.2f} GiB peak; "
+            f"PEFT {peft_wall:.1f}s / {peft_peak / 2**30:.2f} GiB; plain copy {copy_wall:.1f}s"
+        )
+        print(
+            f"peak RSS {result['rss_ratio_vs_peft']:.2f}x PEFT (goal <= 0.35x); wall {result['wall_ratio_vs_peft']:.2f}x "
+            f"PEFT (goal <= 1.0x); wall {result['wall_ratio_vs_copy']:.2f}x copy (goal <= 2x)"
+        )
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -321,8 +321,14 @@ def test_qlora_4bit_trains_and_saves_adapter(tmp_path, tiny_base_model, merged_t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), tokenizer=merged_tokenizer, qlora=4, max_steps=3,
-                   extra={"block_size": 32})
+    cfg = tiny_cfg(
+        tiny_base_model,
+        data_path("corpus_zh.txt"),
+        tokenizer=merged_tokenizer,
+        qlora=4,
+        max_steps=3,
+        extra={"block_size": 32},
+    )
     summary = pretrain(cfg)
     assert summary["steps"] == 3
     base = AutoModelForCausalLM.from_pretrained(

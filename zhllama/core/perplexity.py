@@ -95,6 +95,7 @@ def perplexity(
 
     A .gguf goes through llama.cpp when llama-cpp-python is installed; otherwise transformers
     dequantizes it (`gguf_file=`), which needs `tokenizer` (the source model's folder) for ids.
+    `backend="transformers"` forces the latter (to compare methods with one tokenizer and one code path).
     """
     from transformers import AutoModelForCausalLM
 
@@ -103,7 +104,7 @@ def perplexity(
     model, data = Path(model), Path(data)
     text = read_text(data)
     stride = stride or context
-    if model.suffix == ".gguf" and _llama_cpp_available():
+    if model.suffix == ".gguf" and backend != "transformers" and _llama_cpp_available():
         total, count = _gguf_nll(model, text, context, stride)
     else:
         if model.suffix == ".gguf":
