@@ -90,6 +90,7 @@ def perplexity(
     stride: int | None = None,
     batch_size: int = 1,
     tokenizer: str | Path | None = None,
+    backend: str = "auto",
 ) -> PplResult:
     """PPL of an HF folder (incl. bnb/GPTQ checkpoints) or a .gguf file.
 
