@@ -43,7 +43,10 @@ def smollm2() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain fp32 from here on
+    model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(str(folder))
     AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name).save_pretrained(str(folder))
@@ -53,7 +56,7 @@ def smollm2() -> Path:
 def eval_text(tmp: Path) -> Path:
     source = SHARED if SHARED.is_file() else data_path("corpus_zh.txt")
     path = tmp / "eval.txt"
-    path.write_text("\n".join(source.read_text(encoding="utf-8").splitlines()[:40]), encoding="utf-8")
+    path.write_text("\n".join(source.read_text(encoding="utf-8").splitlines()[:8]), encoding="utf-8")
     return path
 
 

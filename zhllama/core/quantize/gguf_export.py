@@ -40,6 +40,10 @@ LAYER_MAP = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
+# Like llama.cpp, keep the output projection (or the tied embedding that serves as output) at
+# higher precision in 4/5-bit files: it is the most sensitive tensor. llama.cpp uses Q6_K, which
+# gguf-py cannot write, so Q8_0 is used.
+OUTPUT_PRECISION = {"Q4_0": "Q8_0", "Q4_1": "Q8_0", "Q5_0": "Q8_0", "Q5_1": "Q8_0"}
 TOP_MAP = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -200,10 +204,14 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
             data = unpermute(data, heads)
         elif name.endswith("attn_k.weight"):
             data = unpermute(data, kv_heads)
-        _add_tensor(writer, gguf, name, data.numpy(), target)
+        is_output = name == "output.weight" or (tied and name == "token_embd.weight")
+        tensor_type = (
+            getattr(gguf.GGMLQuantizationType, OUTPUT_PRECISION[qtype])
+            if (is_output and qtype in OUTPUT_PRECISION)
+            else target
+        )
+        _add_tensor(writer, gguf, name, data.numpy(), tensor_type)
         count += 1
-        if tied and key == "model.embed_tokens.weight":
-            pass  # llama.cpp reuses token_embd for the output when output.weight is absent
         if progress is not None:
             progress()
     writer.write_header_to_file()
