@@ -20,13 +20,9 @@ class ProgressCallback(TrainerCallback):
         self._progress = None
         self._task = None
 
-    def count_batch(self, batch) -> None:
-        if "attention_mask" in batch:
-            self.tokens += int(batch["attention_mask"].sum())
-        else:
-            self.tokens += (
-                int((batch["labels"] != -100).sum()) if "position_ids" in batch else batch["input_ids"].numel()
-            )
+    def count_batch(self, num_tokens: int) -> None:
+        """Add one batch's real (non-padding) input tokens, as counted by the collator."""
+        self.tokens += num_tokens
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 IGNORE_INDEX = -100
+NUM_TOKENS = "num_tokens"  # non-padding tokens of a batch; the trainer pops it before the forward pass
 
 
 @dataclass
@@ -31,6 +32,7 @@ class PadCollator:
             "input_ids": torch.tensor(ids),
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask),
+            NUM_TOKENS: sum(len(f["input_ids"]) for f in features),
         }
 
 
@@ -65,4 +67,9 @@ class PackedCollator:
             ids.append(list(f["input_ids"]) + [self.pad_id] * (width - n))
             labels.append(list(f["labels"]) + [IGNORE_INDEX] * (width - n))
             pos.append(list(f["position_ids"]) + list(range(width - n)))  # padding is its own sequence
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(pos),
+            NUM_TOKENS: sum(len(f["input_ids"]) for f in features),
+        }

@@ -219,6 +219,7 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
 
     from zhllama.core.tokenizer import ZhTokenizer
     from zhllama.core.training.callbacks import ProgressCallback
+    from zhllama.core.training.collate import NUM_TOKENS
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
     _check_output(cfg)
@@ -246,9 +247,15 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     progress = ProgressCallback()
 
     class CountingTrainer(Trainer):
+        """Counts real tokens per step from the collator's NUM_TOKENS (which the model must not see)."""
+
         def training_step(self, model, inputs, num_items_in_batch=None):
-            progress.count_batch(inputs)
+            progress.count_batch(int(inputs.pop(NUM_TOKENS, 0)))
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs.pop(NUM_TOKENS, None)
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     trainer = CountingTrainer(
         model=model,
