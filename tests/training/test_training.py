@@ -344,3 +344,34 @@ def test_qlora_rejects_bad_bits_and_full(tmp_path, tiny_base_model, tiny_cfg):
         pretrain(tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), qlora=3))
     with pytest.raises(UserError, match="--full and --qlora"):
         pretrain(tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), output=tmp_path / "o2", qlora=4, full=True))
+
+
+def test_validation_perplexity_and_dataset_cache(tmp_path, tiny_base_model, merged_tokenizer, tiny_cfg, capsys):
+    import math
+
+    from zhllama.core import console
+
+    console.SETTINGS.quiet = False
+    cfg = tiny_cfg(
+        tiny_base_model,
+        data_path("corpus_zh.txt"),
+        tokenizer=merged_tokenizer,
+        max_steps=2,
+        validation_split=0.1,
+        extra={"block_size": 32},
+    )
+    summary = pretrain(cfg)
+    assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
+    assert "tokenized dataset" in capsys.readouterr().err
+    again = tiny_cfg(
+        tiny_base_model,
+        data_path("corpus_zh.txt"),
+        output=tmp_path / "again",
+        tokenizer=merged_tokenizer,
+        max_steps=2,
+        validation_split=0.1,
+        extra={"block_size": 32},
+    )
+    assert pretrain(again)["eval_loss"] == pytest.approx(summary["eval_loss"])
+    assert "reusing cached dataset" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache").iterdir())) == 1
