@@ -3,19 +3,23 @@
 An engine plugin (entry-point group `zhllama.engines`) is a class with the usual plugin
 attributes (`name`, `description`, `requires`, `install_hint`), a classmethod
 `accepts(model_path) -> bool` used for automatic choice, and a classmethod
-`load(model_path, options: LoadOptions) -> LoadedModel`.
+`load(model_path, options: ModelOptions) -> LoadedModel`.
+
+`open_model(ModelOptions(...))` is the one way every command turns a model source into a ready
+model: options are validated first, the source is resolved to a local path, the engine is chosen.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from zhllama.core import registry
 from zhllama.core.errors import UserError
+from zhllama.core.loading.options import ModelOptions
 
 
 @dataclass
@@ -33,32 +37,58 @@ class GenerationParams:
     stop_strings: tuple[str, ...] = ()
 
 
-@dataclass
-class LoadOptions:
-    """How to load a model; engines ignore what does not apply to them and say so when it matters."""
+# The name the engines and callers used before the options were unified; same class.
+LoadOptions = ModelOptions
 
-    lora: Sequence[str] = ()
-    load: str | None = None  # "4bit" | "8bit"
-    dtype: str | None = None
-    context_length: int | None = None
-    rope_scaling: str | None = None
-    rope_factor: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+class TokenizerLike(Protocol):
+    """What both engines' tokenizers provide (`ZhTokenizer` for HF folders, llama.cpp's for GGUF)."""
+
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int
+
+    def __len__(self) -> int: ...
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str: ...
+
+    def piece_to_id(self, piece: str) -> int | None: ...
+
+
+class Session(Protocol):
+    """One sequence's KV cache: feed tokens, get the next-token logits, roll back (speculation)."""
+
+    length: int
+
+    def feed(self, ids: Sequence[int], all_logits: bool = False) -> Any: ...
+
+    def rollback(self, length: int) -> None: ...
 
 
 class LoadedModel(ABC):
     """A model ready for inference. `tokenizer` is a `ZhTokenizer`."""
 
-    tokenizer: Any
+    tokenizer: TokenizerLike
     context_length: int
 
     @abstractmethod
     def next_token_logits(self, batch: Sequence[Sequence[int]]) -> Any:
         """Logits (float32 tensor [B, vocab]) of the token after each sequence; no padding effects."""
 
+    def next_token_logits_with_prefix(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]) -> Any:
+        """`next_token_logits` of `prefix + suffix` for each suffix; engines that can reuse the
+        prefix's KV cache across the batch override this (few-shot evaluation)."""
+        return self.next_token_logits([list(prefix) + list(s) for s in suffixes])
+
     @abstractmethod
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
         """Yield new token ids one by one (streaming); stops at EOS, stop ids/strings or the limit."""
+
+    def session(self) -> Session:
+        """A fresh KV-cache session (chat history reuse, speculative decoding)."""
+        raise NotImplementedError(f"{type(self).__name__} has no incremental session")
 
     def close(self) -> None:
         """Free native resources (llama.cpp models must be closed before interpreter exit)."""
@@ -77,10 +107,17 @@ def choose_engine(model: str | Path, engine: str | None = None) -> str:
     raise UserError(f"{model}: no engine accepts this model (a HF folder or a .gguf file is expected)")
 
 
-def open_model(model: str | Path, engine: str | None = None, options: LoadOptions | None = None) -> LoadedModel:
-    """Load `model` with the chosen engine plugin."""
-    model = Path(model)
-    if not model.exists():
-        raise UserError(f"{model}: model not found")
-    cls = registry.load("engines", choose_engine(model, engine))
-    return cls.load(model, options or LoadOptions())
+def open_model(
+    model: str | Path | ModelOptions, engine: str | None = None, options: ModelOptions | None = None
+) -> LoadedModel:
+    """Load a model: `open_model(ModelOptions(model=..., ...))`, or a source plus options."""
+    if isinstance(model, ModelOptions):
+        options = model
+    else:
+        options = replace(options or ModelOptions(), model=str(model), engine=engine or (options and options.engine))
+    options = options.validated()
+    path = Path(options.model)
+    if not path.exists():
+        raise UserError(f"{path}: model not found")
+    cls = registry.load("engines", choose_engine(path, options.engine))
+    return cls.load(path, options)

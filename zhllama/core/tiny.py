@@ -11,8 +11,15 @@ from zhllama.core.atomic import atomic_dir
 
 @dataclass(frozen=True)
 class TinyShape:
+    """Layer sizes; every linear layer's width is a multiple of 32, as in real LLaMA models.
+
+    bitsandbytes' packed CPU 4-bit kernels (CPUs with AVX512-BF16) need out_features % 32 == 0;
+    real sizes (4096, 11008, 5120, 13824) qualify, so the tiny models do too. Odd sizes are tested
+    on purpose elsewhere (graceful fallback to full precision).
+    """
+
     hidden_size: int = 64
-    intermediate_size: int = 176
+    intermediate_size: int = 192
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2

@@ -1,8 +1,11 @@
-"""The transformers engine: HF model folders on CPU (or whatever torch runs on), LoRA, 4/8-bit.
+"""The transformers engine: HF model folders on the GPU when present (else CPU), LoRA, 4/8-bit.
 
 Behaviour:
-- Loads with `trust_remote_code=False`, float32 unless `dtype` says otherwise; `load="4bit"` (NF4)
-  or `"8bit"` goes through bitsandbytes' `BitsAndBytesConfig` with `device_map="cpu"`.
+- Placement and dtype come from `core.loading` (`--device auto`: the GPU when present, several GPUs
+  spread with `device_map="auto"`; bf16 on GPU, fp16 where bf16 is unsupported, fp32 on CPU).
+- `load="4bit"` (NF4) or `"8bit"` goes through the one bitsandbytes builder
+  (`core.loading.quantization`), on GPU or CPU; on CPU, layers the 4-bit kernels cannot take stay in
+  full precision and are named in a warning.
 - `lora` adapters (PEFT folders) are applied in order; on a full-precision model they are merged
   into the weights (plain-model speed), on a quantized one they stay as adapters. A tokenizer
   shipped in the last adapter folder wins (Chinese-LLaMA LoRAs carry the extended vocabulary),
@@ -19,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions
-from zhllama.core.errors import MissingDependencyError, UserError
+from zhllama.core.engine import GenerationParams, LoadedModel
+from zhllama.core.errors import UserError
 from zhllama.core.generation import rope
 from zhllama.core.generation.loop import decode
+from zhllama.core.loading.options import ModelOptions
 
-DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_MARKERS = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
@@ -39,33 +42,20 @@ class TransformersEngine:
         return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> TransformersModel:
+    def load(cls, path: Path, options: ModelOptions) -> TransformersModel:
         return TransformersModel.load(Path(path), options)
 
 
-def _torch_dtype(name: str | None):
-    import torch
-
-    name = name or "float32"
-    if name not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype '{name}' (expected one of {', '.join(DTYPES)})")
-    return getattr(torch, name)
-
-
-def _quantization(load: str | None, dtype):
-    if load is None:
-        return None
-    if load not in ("4bit", "8bit"):
-        raise UserError(f"--load: expected 4bit or 8bit, got '{load}'")
+def _check_attention(attn: str, on_gpu: bool) -> None:
+    """flash_attention_2 needs the flash-attn package and a GPU; say so before loading."""
+    if attn != "flash_attention_2":
+        return
     from zhllama.core.registry import missing_modules
 
-    if missing_modules(("bitsandbytes",)):
-        raise MissingDependencyError("--load needs bitsandbytes; install it with: pip install 'zhllama[bnb]'")
-    from transformers import BitsAndBytesConfig
-
-    if load == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    if missing_modules(("flash_attn",)):
+        raise UserError("--attn flash_attention_2: needs the flash-attn package (pip install flash-attn)")
+    if not on_gpu:
+        raise UserError("--attn flash_attention_2: runs on CUDA GPUs only; use sdpa on CPU")
 
 
 def _tokenizer_dir(path: Path, loras: Sequence[str]) -> Path:
@@ -92,7 +82,7 @@ class HFSession:
             self.owner.auto_ntk.update(self.length + len(ids))
         with torch.inference_mode():
             out = self.owner.model(
-                input_ids=torch.tensor([list(ids)], dtype=torch.long),
+                input_ids=torch.tensor([list(ids)], dtype=torch.long, device=self.owner.device),
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=0 if all_logits else 1,
@@ -109,6 +99,7 @@ class HFSession:
 class TransformersModel(LoadedModel):
     def __init__(self, model, tokenizer, context_length: int, auto_ntk: rope.AutoNTK | None = None):
         self.model = model
+        self.device = model.get_input_embeddings().weight.device
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.auto_ntk = auto_ntk
@@ -116,9 +107,12 @@ class TransformersModel(LoadedModel):
         self.extra_stops = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> TransformersModel:
+    def load(cls, path: Path, options: ModelOptions) -> TransformersModel:
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from zhllama.core.loading.device import placement
+        from zhllama.core.loading.quantization import quantization_for
         from zhllama.core.tokenizer import ZhTokenizer
 
         if not TransformersEngine.accepts(path):
@@ -126,22 +120,37 @@ class TransformersModel(LoadedModel):
         for lora in options.lora:
             if not (Path(lora) / "adapter_config.json").is_file():
                 raise UserError(f"{lora}: not a LoRA adapter folder (adapter_config.json missing)")
-        dtype = _torch_dtype(options.dtype)
-        quant = _quantization(options.load, dtype)
+        where = placement(options.device, options.dtype)
+        _check_attention(options.attn, where.on_gpu)
         try:
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}/config.json: cannot load: {exc}") from exc
         plan = rope.configure(config, options.rope_scaling, options.rope_factor)
-        kwargs = {"config": config, "dtype": dtype, "trust_remote_code": False}
+        quant = quantization_for(options.load, config, where.on_gpu, where.dtype)
+        kwargs = {
+            "config": config,
+            "dtype": getattr(torch, where.dtype),
+            "trust_remote_code": False,
+            "attn_implementation": options.attn,
+        }
+        device_map = where.device_map if where.on_gpu else ("cpu" if quant is not None else None)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         if quant is not None:
-            kwargs.update(quantization_config=quant, device_map="cpu")
+            kwargs["quantization_config"] = quant
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot load model: {exc}") from exc
         tokenizer = ZhTokenizer(_tokenizer_dir(path, options.lora))
-        model = _apply_loras(model, options.lora, len(tokenizer), merge=quant is None)
+        try:
+            model = _apply_loras(model, options.lora, len(tokenizer), merge=quant is None)
+        except RuntimeError as exc:  # an adapter trained for another base: the user's mistake
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+            if detail is None:
+                raise
+            raise UserError(f"{', '.join(map(str, options.lora))}: adapter does not fit {path}: {detail}") from exc
         model.eval()
         auto = rope.AutoNTK(model.get_decoder().rotary_emb, plan) if plan.auto else None
         return cls(model, tokenizer, options.context_length or plan.context_length, auto)
@@ -163,9 +172,54 @@ class TransformersModel(LoadedModel):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if self.auto_ntk is not None:
             self.auto_ntk.update(width)
+        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+            )
+        return out.logits[:, -1].float()
+
+    def next_token_logits_with_prefix(self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]]):
+        """The shared prefix is run once (batch 1) and its KV cache is repeated over the batch;
+        suffixes are left-padded after it, pads masked, positions continuing from the prefix."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if not prefix or not suffixes or any(len(s) == 0 for s in suffixes):
+            raise ValueError("next_token_logits_with_prefix needs a prefix and non-empty suffixes")
+        if self.auto_ntk is not None:  # the rope scale depends on the full length: no reuse
+            return super().next_token_logits_with_prefix(prefix, suffixes)
+        key = tuple(prefix)
+        if getattr(self, "_prefix_key", None) != key:
+            cache = DynamicCache(config=self.model.config)
+            with torch.inference_mode():
+                self.model(
+                    input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            self._prefix_key, self._prefix_cache = key, cache
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(suffixes), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.ones((len(suffixes), len(prefix) + width), dtype=torch.long)
+        for row, seq in enumerate(suffixes):
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, len(prefix) : len(prefix) + width - len(seq)] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix) :]
+        cache = copy.deepcopy(self._prefix_cache)
+        cache.batch_repeat_interleave(len(suffixes))
+        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
         return out.logits[:, -1].float()
 

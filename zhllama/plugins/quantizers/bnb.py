@@ -5,20 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from zhllama.core.errors import UserError
+from zhllama.core.loading.options import parse_dtype
 from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
 
-DTYPES = ("float32", "bfloat16", "float16")
 
-
-def _save_quantized(model_dir: Path, output: Path, quantization_config) -> None:
+def _save_quantized(model_dir: Path, output: Path, load: str, compute_dtype: str = "float32", **settings) -> None:
+    """Load `model_dir` quantized on the GPU when present (else CPU, CPU-safe layers) and save it."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from zhllama.core.loading.quantization import quantization_for
     from zhllama.core.tokenizer import ZhTokenizer
 
-    device = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    on_gpu = torch.cuda.is_available()
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    quantization_config = quantization_for(load, config, on_gpu, compute_dtype, **settings)
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), quantization_config=quantization_config, device_map=device, trust_remote_code=False
+        str(model_dir),
+        quantization_config=quantization_config,
+        device_map={"": 0} if on_gpu else {"": "cpu"},
+        trust_remote_code=False,
     )
     model.save_pretrained(str(output), safe_serialization=True)
     ZhTokenizer(model_dir).save(output)
@@ -38,20 +44,17 @@ class FourBit(Quantizer):
         }
 
     def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
-        import torch
-        from transformers import BitsAndBytesConfig
-
         if options.quant_type not in ("nf4", "fp4"):
             raise UserError(f"--quant-type: '{options.quant_type}' is not nf4 or fp4")
-        if options.compute_dtype not in DTYPES:
-            raise UserError(f"--compute-dtype: '{options.compute_dtype}' is not one of {', '.join(DTYPES)}")
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=options.quant_type,
-            bnb_4bit_use_double_quant=options.double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, options.compute_dtype),
+        compute_dtype = parse_dtype(options.compute_dtype, "--compute-dtype")
+        _save_quantized(
+            model,
+            output,
+            "4bit",
+            compute_dtype,
+            quant_type=options.quant_type,
+            double_quant=options.double_quant,
         )
-        _save_quantized(model, output, config)
 
 
 class EightBit(Quantizer):
@@ -61,6 +64,4 @@ class EightBit(Quantizer):
     install_hint = "pip install 'zhllama[bnb]'"
 
     def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
-        from transformers import BitsAndBytesConfig
-
-        _save_quantized(model, output, BitsAndBytesConfig(load_in_8bit=True))
+        _save_quantized(model, output, "8bit")
