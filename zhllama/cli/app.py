@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +24,7 @@ from typer._click.globals import get_current_context
 from zhllama import __version__
 from zhllama.core import console
 from zhllama.core.config import CommandDefaults, load_config
-from zhllama.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, UserError
+from zhllama.core.errors import EXIT_INTERRUPTED, EXIT_USER, Interrupted, UserError, classify, one_line
 
 CONFIG_META_KEY = "zhllama.config"
 
@@ -142,38 +144,79 @@ def build_cli() -> click_core.Command:
     return cli
 
 
-def _one_line(message: str) -> str:
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+def _install_signal_handlers() -> dict[int, object]:
+    """SIGTERM raises `Interrupted` (SIGINT keeps raising KeyboardInterrupt), so atomic outputs
+    clean up the same way for both.
+
+    A second SIGTERM while cleaning up exits at once (stale temporary siblings are removed by
+    the next run writing there). Returns the previous handlers (restored after the command).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_term(signum, frame):
+        if on_term.fired:  # type: ignore[attr-defined]
+            os._exit(128 + signum)
+        on_term.fired = True  # type: ignore[attr-defined]
+        raise Interrupted(signum)
+
+    on_term.fired = False  # type: ignore[attr-defined]
+    previous = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, on_term)):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, object]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def _click_error_line(exc: click_exc.ClickException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click_exc.UsageError) and ctx is not None else ""
+    return f"zhllama: error: {one_line(exc.format_message())}{hint}"
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
+    """Run the CLI and return its exit code (tests call this; `main` exits with it).
+
+    Every failure ends as exactly one stderr line (the traceback too with `--debug`): usage
+    errors and `UserError` exit 2, storage failures 1, SIGINT/SIGTERM 130/143 (see
+    `zhllama.core.errors.classify`).
+    """
     console.SETTINGS.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    console.begin_command()
+    previous = _install_signal_handlers()
+    line = None
     try:
-        cli = build_cli()
-        result = cli.main(args=argv, prog_name="zhllama", standalone_mode=False)
-        return result if isinstance(result, int) else 0
-    except typer.Exit as exc:
-        return exc.exit_code
-    except click_exc.ClickException as exc:
-        exc.show()
-        return EXIT_USER if isinstance(exc, click_exc.UsageError) else exc.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        console.stderr.print("zhllama: interrupted")
-        return EXIT_INTERRUPTED
-    except UserError as exc:
-        if console.SETTINGS.debug:
-            traceback.print_exc()
-        print(f"zhllama: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USER
-    except Exception as exc:  # internal failure: one line unless --debug
-        if console.SETTINGS.debug:
-            traceback.print_exc()
-        print(
-            f"zhllama: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        try:
+            cli = build_cli()
+            result = cli.main(args=argv, prog_name="zhllama", standalone_mode=False)
+            code = result if isinstance(result, int) else 0
+            if code == EXIT_INTERRUPTED:  # Typer turns KeyboardInterrupt into Exit(130)
+                code, line = classify(KeyboardInterrupt())
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            code, line = classify(KeyboardInterrupt())
+        except click_exc.ClickException as exc:
+            code = EXIT_USER if isinstance(exc, click_exc.UsageError) else exc.exit_code
+            line = _click_error_line(exc)
+        except (Exception, KeyboardInterrupt, Interrupted) as exc:  # every failure: one line, one exit code
+            code, line = classify(exc)
+            if console.SETTINGS.debug:
+                traceback.print_exc()
+    finally:
+        _restore_signal_handlers(previous)
+    console.end_command(code == 0)
+    if line is not None:
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
+    return code
 
 
 def main() -> None:

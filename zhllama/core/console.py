@@ -2,12 +2,19 @@
 
 The global flags `--json`, `--quiet` and `--debug` set `SETTINGS` once per invocation; library
 code asks this module for a progress bar or a log line and never prints on its own.
+
+When a command fails, stderr must hold only its one error line. So while a command runs with
+stderr not a terminal, log and warning lines are *held*: they are written once the job starts
+real work (`release_held()`, called when an atomic output is opened), after
+`HOLD_SECONDS`, or when the command succeeds (`end_command(True)`), and dropped when it fails.
+A progress bar on a terminal is cleared when its block fails.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,19 +42,73 @@ class Settings:
 
 SETTINGS = Settings()
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
+
+HOLD_SECONDS = 10.0
+
+
+class _Held:
+    """Log lines waiting for the command to start real work (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.lines: list[str] = []
+        self.timer: threading.Timer | None = None
+        self.lock = threading.RLock()
+
+
+_HELD = _Held()
+
+
+def begin_command() -> None:
+    """Start holding log lines (only when stderr is not a terminal; `--debug` shows all at once)."""
+    with _HELD.lock:
+        _HELD.lines.clear()
+        _HELD.active = not stderr.is_terminal and not SETTINGS.debug
+
+
+def release_held() -> None:
+    """Write the held lines and stop holding: the command is past its checks."""
+    with _HELD.lock:
+        _HELD.active = False
+        if _HELD.timer is not None:
+            _HELD.timer.cancel()
+            _HELD.timer = None
+        lines, _HELD.lines = _HELD.lines, []
+        for line in lines:
+            stderr.print(line)
+
+
+def end_command(ok: bool) -> None:
+    """Release the held lines after success; drop them after a failure (only the error line remains)."""
+    with _HELD.lock:
+        if not ok:
+            _HELD.lines.clear()
+        release_held()
+
+
+def _say(line: str) -> None:
+    with _HELD.lock:
+        if not _HELD.active:
+            stderr.print(line)
+            return
+        _HELD.lines.append(line)
+        if _HELD.timer is None:
+            _HELD.timer = threading.Timer(HOLD_SECONDS, release_held)
+            _HELD.timer.daemon = True
+            _HELD.timer.start()
 
 
 def log(message: str) -> None:
     """An informational line on stderr (silenced by `--quiet`)."""
     if not SETTINGS.quiet:
-        stderr.print(message)
+        _say(message)
 
 
 def warn(message: str) -> None:
     """A warning on stderr; shown even with `--quiet` because it may change results."""
-    stderr.print(f"[yellow]zhllama: warning:[/yellow] {message}")
+    _say(f"[yellow]zhllama: warning:[/yellow] {message}")
 
 
 def progress_enabled() -> bool:
@@ -71,10 +132,14 @@ def make_progress(*extra_columns: Any) -> Progress:
 
 @contextmanager
 def progress_task(description: str, total: int | None) -> Iterator[Any]:
-    """Yield an `advance(n=1)` callable bound to a fresh progress bar."""
+    """Yield an `advance(n=1)` callable bound to a fresh progress bar (cleared if the block fails)."""
     with make_progress() as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1, **fields: progress.update(task, advance=n, **fields)
+        try:
+            yield lambda n=1, **fields: progress.update(task, advance=n, **fields)
+        except BaseException:
+            progress.live.transient = True
+            raise
 
 
 def track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:

@@ -1,19 +1,42 @@
 """Error types that map onto exit codes.
 
 `UserError` is for anything the user can fix (a missing file, a bad value, a malformed
-record): the CLI prints it as one line `zhllama: error: ...` and exits 2. Anything else
-is an internal failure (exit 1); its traceback is shown only with `--debug`.
+record): the CLI prints it as one line `zhllama: error: ...` and exits 2. `classify(exc)` is
+the one mapping from an exception to (exit code, message line) that `zhllama.cli.app.run` uses:
+
+| exception | exit | line |
+|---|---|---|
+| UserError, UnicodeDecodeError, FileNotFoundError/IsADirectoryError/NotADirectoryError | 2 | `zhllama: error: ...` |
+| disk full / quota / read-only / permission (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM) | 1 | `zhllama: error: PATH: ...` |
+| SIGINT / SIGTERM (`Interrupted`, KeyboardInterrupt) | 130 / 143 | `zhllama: error: interrupted ...` |
+| anything else (a bug) | 1 | `zhllama: internal error: ...` |
+
+Tracebacks are shown only with `--debug`.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
+import signal
 from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+# The file system refused to store the output: not a bug, not a bad input either (exit 1).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+STORAGE_HINTS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 class UserError(Exception):
@@ -34,3 +57,39 @@ def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """A uniform 'unknown X' error listing what is available."""
     choices = sorted(choices)
     return UserError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; available: {', '.join(choices) or 'none'}")
+
+
+class Interrupted(BaseException):
+    """Raised by the CLI's SIGTERM handler: like KeyboardInterrupt, cleanup (`finally`, atomic
+    outputs) runs, and `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def one_line(message: object) -> str:
+    """Join a (possibly multi-line) message into one line."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the single stderr line for an exception that ended a command."""
+    if isinstance(exc, Interrupted):
+        name = signal.Signals(exc.signum).name
+        return 128 + exc.signum, f"zhllama: error: interrupted by {name}; unfinished outputs were removed"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "zhllama: error: interrupted by SIGINT; unfinished outputs were removed"
+    if isinstance(exc, UserError):
+        return EXIT_USER, f"zhllama: error: {one_line(exc)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return EXIT_USER, f"zhllama: error: an input is not UTF-8 text (byte {exc.start}: {exc.reason})"
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return EXIT_INTERNAL, f"zhllama: error: {where}{STORAGE_HINTS[exc.errno]}"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) and exc.filename is not None:
+        return EXIT_USER, f"zhllama: error: {exc.filename}: {(exc.strerror or type(exc).__name__).lower()}"
+    return (
+        EXIT_INTERNAL,
+        f"zhllama: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
+    )

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhllama.core import spm
-from zhllama.core.atomic import atomic_dir, atomic_path
+from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir, check_output_file
 from zhllama.core.errors import UserError
+from zhllama.core.paths import check_output, iter_text_lines, read_text_file
 
 PROBE_TEXT = (
     "人工智能是计算机科学的一个分支，它企图了解智能的实质。\n"
@@ -31,17 +32,9 @@ class TrainResult:
     seconds: float
 
 
-def _read_lines(files: Sequence[Path]) -> int:
-    total = 0
-    for f in files:
-        if not f.is_file():
-            raise UserError(f"{f}: no such file")
-        with open(f, encoding="utf-8", errors="strict") as handle:
-            try:
-                total += sum(1 for line in handle if line.strip())
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{f}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    return total
+def _count_lines(files: Sequence[Path]) -> int:
+    """Non-blank lines over all files; checks that each is a readable UTF-8 text file."""
+    return sum(1 for f in files for line in iter_text_lines(f) if line.strip())
 
 
 def train(
@@ -62,12 +55,18 @@ def train(
     files = [Path(f) for f in inputs]
     if not files:
         raise UserError("--input: give at least one text file")
-    if _read_lines(files) == 0:
-        raise UserError(f"{', '.join(map(str, files))}: corpus is empty")
     if model_type not in ("bpe", "unigram"):
         raise UserError(f"--model-type: '{model_type}' is not one of bpe, unigram")
     if vocab_size < 8:
         raise UserError(f"--vocab-size: {vocab_size} is too small")
+    if not 0.0 < character_coverage <= 1.0:
+        raise UserError(f"--character-coverage: {character_coverage} is not in (0, 1]")
+    if max_sentence_length < 1:
+        raise UserError(f"max_sentence_length: {max_sentence_length} must be positive")
+    check_output(output, files)
+    check_output_file(Path(output), force)
+    if _count_lines(files) == 0:
+        raise UserError(f"{', '.join(map(str, files))}: corpus is empty")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, atomic_path(output, force=force) as out_tmp:
         prefix = Path(tmp) / "sp"
@@ -204,6 +203,10 @@ def merge(
     """Merge SentencePiece models into a base LLaMA tokenizer and write a tokenizer folder."""
     if not additions:
         raise UserError("--add: give at least one SentencePiece model to merge")
+    if pad_token is not None and not pad_token:
+        raise UserError("--pad-token: must not be empty")
+    check_output(output, [base, *additions])
+    check_output_dir(Path(output), force)
     base_file = spm.resolve_model_file(base)
     base_proto = spm.load_proto(base_file)
     if base_proto.trainer_spec.model_type != spm.BPE:
@@ -255,9 +258,7 @@ def stats(tokenizers: Sequence[str | Path], text_file: str | Path) -> list[Lengt
     if not tokenizers:
         raise UserError("--tokenizer: give at least one tokenizer")
     text_path = Path(text_file)
-    if not text_path.is_file():
-        raise UserError(f"{text_path}: no such file")
-    lines = [line for line in text_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_text_file(text_path).splitlines() if line.strip()]
     if not lines:
         raise UserError(f"{text_path}: text file is empty")
     characters = sum(len(line) for line in lines)

@@ -45,10 +45,6 @@ def train_cmd(
     force: Force = False,
 ) -> None:
     """Train a SentencePiece model (wraps sentencepiece's trainer)."""
-    if output.exists() and not force:
-        from zhllama.core.errors import UserError
-
-        raise UserError(f"{output}: output file exists (use --force to replace it)")
     console.log(f"training a {model_type} SentencePiece model with {vocab_size} pieces ...")
     result = vocab.train(
         input,
@@ -58,6 +54,7 @@ def train_cmd(
         character_coverage=character_coverage,
         byte_fallback=byte_fallback,
         split_digits=split_digits,
+        force=force,
     )
     console.emit(
         result.__dict__,
