@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from zhllama.core.checkpoint.pth import read_pth
 from zhllama.core.lora_merge import lora_delta, merge
-from zhllama.core.pth_format import read_pth
 from zhllama.core.tokenizer import ZhTokenizer
 from zhllama.core.training.embeddings import padded_size
 

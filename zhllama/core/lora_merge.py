@@ -21,8 +21,17 @@ from pathlib import Path
 
 import torch
 
-from zhllama.core import safetensors_stream
 from zhllama.core.atomic import atomic_dir
+from zhllama.core.checkpoint import rope_config, safetensors_io
+from zhllama.core.checkpoint.shards import (
+    iter_model,
+    load_bin,
+    parse_size,
+    plan_shards,
+    read_config,
+    read_json,
+    write_hf_shards,
+)
 from zhllama.core.errors import UserError
 
 PREFIX = "base_model.model."
@@ -38,16 +47,15 @@ class Adapter:
     lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)  # base key -> (A, B, s)
     full: dict[str, torch.Tensor] = field(default_factory=dict)  # base key -> replacement tensor
     files: list[Path] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # zhllama_overrides.json "config" (rope, context)
 
 
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st)), st
+        return dict(safetensors_io.iter_tensors(st)), st  # validated: a truncated file is refused
     if binf.is_file():
-        return torch.load(binf, map_location="cpu", weights_only=True), binf
+        return load_bin(binf), binf
     raise UserError(f"{path}: no adapter_model.safetensors or adapter_model.bin")
 
 
@@ -64,16 +72,19 @@ def load_adapter(path: str | Path) -> Adapter:
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_file}: malformed JSON ({exc.msg})") from exc
+    config = read_json(cfg_file, "adapter config")
     if config.get("peft_type") != "LORA":
         raise UserError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
     if config.get("use_dora"):
         raise UserError(f"{cfg_file}: DoRA adapters cannot be merged exactly by zhllama merge (use_dora=true)")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise UserError(f"{cfg_file}: '{key}' missing or not a positive number")
+    overrides = rope_config.read_overrides(path)
     state, file = _load_state(path)
-    adapter = Adapter(path, config, files=[cfg_file, file])
+    files = [cfg_file, file] + ([path / rope_config.OVERRIDES_FILE] if overrides else [])
+    adapter = Adapter(path, config, files=files, overrides=overrides)
     r, alpha = config["r"], config["lora_alpha"]
     rslora = bool(config.get("use_rslora"))
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -110,52 +121,10 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, fan_in_fan_out:
     return delta.T if fan_in_fan_out else delta
 
 
-# ---- base checkpoint ------------------------------------------------------------------------------
-def base_shards(base: Path) -> list[Path]:
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = base / index_name
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [base / f for f in files]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (base / single).is_file():
-            return [base / single]
-    raise UserError(f"{base}: no model weights (model.safetensors / pytorch_model.bin, or an index)")
-
-
-def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
-    if shard.suffix == ".safetensors":
-        return safetensors_stream.shapes(shard)
-    return {k: tuple(v.shape) for k, v in torch.load(shard, map_location="cpu", weights_only=True).items()}
-
-
-def read_shard(shard: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of one base shard, one at a time (safetensors are read without a memory map)."""
-    if shard.suffix == ".safetensors":
-        yield from safetensors_stream.iter_tensors(shard)
-    else:
-        yield from torch.load(shard, map_location="cpu", weights_only=True).items()
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
-    if not match:
-        raise UserError(f"--shard-size: '{text}' is not a size like 2GB or 500MB")
-    unit = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
-    return int(float(match.group(1)) * unit[match.group(2)])
-
-
 # ---- planning (all checks before any write) -------------------------------------------------------
 def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dict[str, tuple[int, ...]]:
     """Output shape of every tensor, in the order the base shards yield them; raises before any write."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for shard in base_shards(base):
-        order = [k for k, _ in read_shard(shard)] if shard.suffix != ".safetensors" else None
-        found = shard_shapes(shard)
-        if order is None:
-            header, _ = safetensors_stream.read_header(shard)
-            order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
-        shapes.update({k: found[k] for k in order})
+    shapes = plan_shards(base)
     new_shapes = dict(shapes)
     for adapter in adapters:
         fan = bool(adapter.config.get("fan_in_fan_out"))
@@ -208,10 +177,16 @@ class MergeResult:
     verify_max_abs_diff: float | None = None
 
 
-def _base_dtype(base: Path) -> str:
-    config = json.loads((base / "config.json").read_text())
+def _base_dtype(config: dict) -> str:
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32").replace("torch.", "")
     return CONFIG_DTYPES.get(name, "fp32")
+
+
+def merged_config(config: dict, adapters: list[Adapter]) -> dict:
+    """The base config with each adapter's zhllama_overrides.json applied in order."""
+    for adapter in adapters:
+        config = rope_config.apply_overrides(config, adapter.overrides)
+    return config
 
 
 def merge(
@@ -226,47 +201,52 @@ def merge(
     force: bool = False,
     progress=None,
 ) -> MergeResult:
-    """Merge `loras` (in order) into `base` and write `output` (hf or pth layout)."""
+    """Merge `loras` (in order) into `base` and write `output` (hf or pth layout).
+
+    `base` may be any model source `resolve_model` accepts (HF folder, hub id, Meta checkpoint).
+    Everything is read and checked (shards, adapters, tokenizer, sizes) before the first write.
+    """
+    from zhllama.core.checkpoint.sources import resolve_model
+    from zhllama.core.loading.options import parse_dtype
+    from zhllama.core.paths import check_output
     from zhllama.core.tokenizer import ZhTokenizer
 
     start = time.perf_counter()
-    base = Path(base)
-    if not (base / "config.json").is_file():
-        raise UserError(f"{base}: not a model folder (no config.json)")
     if not loras:
         raise UserError("--lora: give at least one adapter")
     if fmt not in ("hf", "pth"):
         raise UserError(f"--format: '{fmt}' is not hf or pth")
-    dtype = dtype or _base_dtype(base)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    if dtype is not None:
+        dtype = CONFIG_DTYPES[parse_dtype(dtype)]
     limit = parse_size(shard_size)
+    check_output(output, [base, *loras, tokenizer])
+    base = resolve_model(base, folder_only=True)
+    check_output(output, [base])
+    config = read_config(base)
+    dtype = dtype or _base_dtype(config)
     adapters = [load_adapter(p) for p in loras]
     tok_source = Path(tokenizer) if tokenizer else adapters[-1].path
     tok = ZhTokenizer(tok_source)
     shapes = plan(base, adapters, len(tok))
-    config = json.loads((base / "config.json").read_text())
+    config = merged_config(config, adapters)
     embed_key = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
     vocab_size = shapes[embed_key][0] if embed_key else config.get("vocab_size")
     counts = {"tensors": 0, "lora": 0, "replaced": 0}
     target = DTYPES[dtype]
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
-        for shard in base_shards(base):
-            for key, tensor in read_shard(shard):
-                for adapter in adapters:
-                    if key in adapter.full:
-                        tensor = adapter.full[key]
-                        counts["replaced"] += 1
-                    if key in adapter.lora:
-                        a, b, s = adapter.lora[key]
-                        fan = bool(adapter.config.get("fan_in_fan_out"))
-                        tensor = tensor.float() + lora_delta(a, b, s, fan)
-                        counts["lora"] += 1
-                counts["tensors"] += 1
-                yield key, tensor.to(target).contiguous()
-            if progress is not None:
-                progress()
+        for key, tensor in iter_model(base, progress):
+            for adapter in adapters:
+                if key in adapter.full:
+                    tensor = adapter.full[key]
+                    counts["replaced"] += 1
+                if key in adapter.lora:
+                    a, b, s = adapter.lora[key]
+                    fan = bool(adapter.config.get("fan_in_fan_out"))
+                    tensor = tensor.float() + lora_delta(a, b, s, fan)
+                    counts["lora"] += 1
+            counts["tensors"] += 1
+            yield key, tensor.to(target).contiguous()
 
     with atomic_dir(output, force=force) as tmp:
         config["vocab_size"] = vocab_size
@@ -282,7 +262,7 @@ def merge(
                 gen_cfg = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
                 (tmp / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
         else:
-            from zhllama.core.pth_format import write_pth
+            from zhllama.core.checkpoint.pth import write_pth
 
             n_shards = write_pth(merged_tensors(), config, tmp)
         tok.save(tmp)
@@ -296,6 +276,7 @@ def merge(
             "tokenizer": str(tok_source),
             "dtype": dtype,
             "format": fmt,
+            "rope": rope_config.describe(config),
             "outputs": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
             "seconds": seconds,
             "verify_max_abs_diff": max_diff,
@@ -314,50 +295,19 @@ def merge(
     )
 
 
-def write_hf_shards(
-    tensors: Iterator[tuple[str, torch.Tensor]],
-    shapes: dict[str, tuple[int, ...]],
-    dtype: torch.dtype,
-    out: Path,
-    limit: int,
-) -> int:
-    """Stream tensors into safetensors shards of at most `limit` bytes (a bigger tensor gets its own)."""
-    element = torch.empty(0, dtype=dtype).element_size()
-    groups: list[list[str]] = [[]]
-    size = total = 0
-    for key, shape in shapes.items():
-        nbytes = torch.Size(shape).numel() * element
-        if groups[-1] and size + nbytes > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(key)
-        size += nbytes
-        total += nbytes
-    names = (
-        ["model.safetensors"]
-        if len(groups) == 1
-        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    )
-    stream = iter(tensors)
-    for name, keys in zip(names, groups, strict=True):
-        writer = safetensors_stream.StreamWriter(out / name, [(k, dtype, shapes[k]) for k in keys])
-        for _ in keys:
-            got_key, tensor = next(stream)
-            writer.write(got_key, tensor)
-        writer.close()
-    if len(groups) > 1:
-        weight_map = {k: name for name, keys in zip(names, groups, strict=True) for k in keys}
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return len(groups)
-
-
 def verify_against_peft(base: Path, adapters: list[Path], merged: Path, vocab_size: int, tok_size: int) -> float:
-    """Max |logits| difference between PEFT (base + adapters, merged one by one) and the merged folder."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    """Max |logits| difference between PEFT (base + adapters, merged one by one) and the merged folder.
 
-    ref = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    The merged folder's config carries the adapters' rope overrides; the reference gets the same.
+    """
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    merged_cfg = AutoConfig.from_pretrained(str(merged))
+    ref_cfg = AutoConfig.from_pretrained(str(base))
+    ref_cfg.rope_parameters = merged_cfg.rope_parameters
+    ref_cfg.max_position_embeddings = merged_cfg.max_position_embeddings
+    ref = AutoModelForCausalLM.from_pretrained(str(base), config=ref_cfg, dtype=torch.float32)
     for path in adapters:
         rows = _adapter_rows(path)
         if rows is not None and rows != ref.get_input_embeddings().weight.shape[0]:

@@ -9,14 +9,23 @@ import typer
 
 from zhllama.cli.options import Force, examples
 from zhllama.core import console
-from zhllama.core.lora_merge import base_shards, merge
 
 
 def merge_command(
-    base: Annotated[Path, typer.Option("--base", help="Base model folder (safetensors or .bin shards).")],
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            help="Base model: HF folder (safetensors or .bin shards), hub id org/name[@rev], or a Meta "
+            "consolidated.*.pth folder.",
+        ),
+    ],
     lora: Annotated[list[Path], typer.Option("--lora", help="Adapter folder(s), applied in the order given.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged model folder.")],
-    dtype: Annotated[str | None, typer.Option("--dtype", help="fp16, bf16 or fp32 (default: the base's).")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="fp16/float16/half, bf16/bfloat16 or fp32/float32 (default: the base's)."),
+    ] = None,
     shard_size: Annotated[str, typer.Option("--shard-size", help="Maximum output shard size.")] = "2GB",
     tokenizer: Annotated[
         Path | None, typer.Option("--tokenizer", help="Tokenizer to ship (default: the last adapter's).")
@@ -29,15 +38,22 @@ def merge_command(
     ] = False,
     force: Force = False,
 ) -> None:
-    """Merge LoRA adapters into a base model with memory of about one shard; writes atomically."""
-    if not (base / "config.json").is_file():
-        from zhllama.core.errors import UserError
+    """Merge LoRA adapters into a base model with memory of about one shard; writes atomically.
 
-        raise UserError(f"{base}: not a model folder (no config.json)")
-    shards = base_shards(base)
+    Each adapter's zhllama_overrides.json (rope scaling, context length) is applied, in order, to the
+    merged config.json; the model's rope scaling is kept in every output format.
+    """
+    from zhllama.core.checkpoint.shards import base_shards
+    from zhllama.core.checkpoint.sources import resolve_model
+    from zhllama.core.lora_merge import merge
+    from zhllama.core.paths import check_output
+
+    check_output(output, [base, *lora, tokenizer])
+    resolved = resolve_model(base, folder_only=True)
+    shards = base_shards(resolved)
     with console.progress_task("merging shards", len(shards)) as advance:
         result = merge(
-            base,
+            resolved,
             lora,
             output,
             dtype=dtype,

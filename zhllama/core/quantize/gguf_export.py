@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zhllama.core.checkpoint import names
+from zhllama.core.checkpoint.shards import iter_model
 from zhllama.core.errors import UserError
-from zhllama.core.pth_format import unpermute
 
 TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 FILE_TYPES = {
@@ -29,37 +30,10 @@ FILE_TYPES = {
     "Q5_0": "MOSTLY_Q5_0",
     "Q5_1": "MOSTLY_Q5_1",
 }
-LAYER_MAP = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.down_proj": "ffn_down",
-    "mlp.up_proj": "ffn_up",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
 # Like llama.cpp, keep the output projection (or the tied embedding that serves as output) at
 # higher precision in 4/5-bit files: it is the most sensitive tensor. llama.cpp uses Q6_K, which
 # gguf-py cannot write, so Q8_0 is used.
 OUTPUT_PRECISION = {"Q4_0": "Q8_0", "Q4_1": "Q8_0", "Q5_0": "Q8_0", "Q5_1": "Q8_0"}
-TOP_MAP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-
-
-def gguf_name(key: str) -> str:
-    if key in TOP_MAP:
-        return TOP_MAP[key]
-    parts = key.split(".")
-    if len(parts) >= 5 and parts[0] == "model" and parts[1] == "layers":
-        module = ".".join(parts[3:-1])
-        if module in LAYER_MAP:
-            return f"blk.{parts[2]}.{LAYER_MAP[module]}.{parts[-1]}"
-    raise UserError(f"tensor '{key}' has no GGUF name (only LLaMA-architecture models are supported)")
 
 
 def sentencepiece_vocab(model_dir: Path, vocab_size: int):
@@ -151,13 +125,6 @@ def write_vocab(writer, model_dir: Path, vocab_size: int) -> None:
     writer.add_add_eos_token(False)
 
 
-def _iter_tensors(model_dir: Path):
-    from zhllama.core.lora_merge import base_shards, read_shard
-
-    for shard in base_shards(model_dir):
-        yield from read_shard(shard)
-
-
 def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress=None) -> dict:
     """Convert `model_dir` into the GGUF file `output` (a path that the caller renames into place)."""
     import gguf
@@ -195,15 +162,14 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
     target = getattr(gguf.GGMLQuantizationType, qtype)
     count = 0
     tied = config.get("tie_word_embeddings", False)
-    for key, tensor in _iter_tensors(model_dir):
-        if key.endswith("rotary_emb.inv_freq"):
+    for key, tensor in iter_model(model_dir):
+        name = names.to_format(key, "gguf")
+        if name is None:
             continue
-        name = gguf_name(key)
         data = tensor.to(torch.float32)
-        if name.endswith("attn_q.weight"):
-            data = unpermute(data, heads)
-        elif name.endswith("attn_k.weight"):
-            data = unpermute(data, kv_heads)
+        rotary_heads = names.permuted_heads(key, heads, kv_heads)
+        if rotary_heads is not None:
+            data = names.unpermute(data, rotary_heads)
         is_output = name == "output.weight" or (tied and name == "token_embd.weight")
         tensor_type = (
             getattr(gguf.GGMLQuantizationType, OUTPUT_PRECISION[qtype])
