@@ -31,8 +31,8 @@ def test_llama2_zh_exact_single_and_multi_turn():
 def test_chatml_exact():
     text = get_template("chatml").render_text(conv("问", "答"))
     assert text == (
-        "<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n问<|im_end|>\n"
-        "<|im_start|>assistant\n答<|im_end|></s>"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n问<|im_end|>\n"
+        "<|im_start|>assistant\n答<|im_end|>\n"
     )
 
 

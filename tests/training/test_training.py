@@ -158,8 +158,12 @@ def test_packing_matches_unpacked_per_example_losses(tiny_zh_model, merged_token
     from zhllama.core.training.collate import PackedCollator, PadCollator, pack
 
     tok = ZhTokenizer(merged_tokenizer)
-    records = [("x", i, r) for i, r in enumerate(json.loads(data_path("instructions.json").read_text())[:6])]
-    examples = data.sft_examples(tok, get_template("llama2-zh"), records, 256, None)
+    convs = [
+        data.record_messages("x", i, r)
+        for i, r in enumerate(json.loads(data_path("instructions.json").read_text())[:6])
+    ]
+    batch = {"roles": [[m.role for m in c] for c in convs], "contents": [[m.content for m in c] for c in convs]}
+    examples = data.encode_conversations(batch, tok, get_template("llama2-zh"), None, 256)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_zh_model), attn_implementation="sdpa").eval()
 
     def per_token(logits, labels):
@@ -374,4 +378,5 @@ def test_validation_perplexity_and_dataset_cache(tmp_path, tiny_base_model, merg
     )
     assert pretrain(again)["eval_loss"] == pytest.approx(summary["eval_loss"])
     assert "reusing cached dataset" in capsys.readouterr().err
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    # one tokenized file and one block set: the second run reused both
+    assert [len(list((tmp_path / "cache" / kind).iterdir())) for kind in ("docs", "blocks")] == [1, 1]

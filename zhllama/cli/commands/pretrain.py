@@ -5,12 +5,19 @@ from __future__ import annotations
 import typer
 
 from zhllama.cli.options import examples
-from zhllama.cli.training import build_command, option
-from zhllama.core.training import pretrain
+from zhllama.cli.training import build_command
+from zhllama.core.training.config import PretrainConfig
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    from zhllama.core.training.tasks import pretrain
+
+    return pretrain(cfg)
+
 
 command = build_command(
     pretrain,
-    [option("block_size", int, 512, help="Tokens per training block (documents are concatenated).")],
+    PretrainConfig,
     "Continued pre-training on plain text (.txt lines or .jsonl 'text'), LoRA by default.",
 )
 

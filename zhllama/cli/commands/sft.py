@@ -5,17 +5,19 @@ from __future__ import annotations
 import typer
 
 from zhllama.cli.options import examples
-from zhllama.cli.training import build_command, option
-from zhllama.core.training import sft
+from zhllama.cli.training import build_command
+from zhllama.core.training.config import SftConfig
+
+
+def sft(cfg: SftConfig) -> dict:
+    from zhllama.core.training.tasks import sft
+
+    return sft(cfg)
+
 
 command = build_command(
     sft,
-    [
-        option("template", str, "llama2-zh", help="Prompt template (see `zhllama plugins`)."),
-        option("system_prompt", str | None, None, help="Override the template's system prompt."),
-        option("max_seq_length", int, 512, help="Right-truncate examples to this many tokens."),
-        option("packing", bool, False, help="Pack several examples per sequence (no cross-example attention)."),
-    ],
+    SftConfig,
     "Instruction tuning on Alpaca JSON/JSONL or multi-turn conversations; loss on answer tokens only.",
 )
 

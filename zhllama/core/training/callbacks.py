@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -14,6 +17,7 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self):
         self.tokens = 0
+        self.earlier_seconds = 0.0  # training time before a --resume
         self.start = None
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
@@ -32,6 +36,37 @@ class ProgressCallback(TrainerCallback):
             )
             self._progress.start()
             self._task = self._progress.add_task("training", total=state.max_steps, loss="-", tps="-")
+
+    def restore(self, path: Path, main: bool) -> None:
+        """Continue the counts saved in a checkpoint (the token count is global: kept by rank 0 only)."""
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return  # a checkpoint from before this file existed: the summary covers the resumed part
+        self.tokens = int(saved.get("tokens", 0)) if main else 0
+        self.earlier_seconds = float(saved.get("seconds", 0.0))
+
+    def seconds(self) -> float:
+        """Training time of the whole run, earlier (resumed) parts included."""
+        return self.earlier_seconds + (time.perf_counter() - self.start if self.start else 0.0)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Record tokens (summed over ranks) and seconds so far in the checkpoint just written."""
+        from zhllama.core.training.runner import PROGRESS_FILE
+
+        tokens = self.tokens
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = torch.tensor([tokens], dtype=torch.long)
+            torch.distributed.all_reduce(total)
+            tokens = int(total.item())
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                tmp = folder / f".{PROGRESS_FILE}.{os.getpid()}"
+                tmp.write_text(json.dumps({"tokens": tokens, "seconds": self.seconds(), "step": state.global_step}))
+                os.replace(tmp, folder / PROGRESS_FILE)
 
     def tokens_per_second(self) -> float:
         elapsed = time.perf_counter() - self.start if self.start else 0.0

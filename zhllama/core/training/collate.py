@@ -36,23 +36,44 @@ class PadCollator:
         }
 
 
+class Packer:
+    """Greedy first-fit packing in order, fed in batches: rows of at most `max_length` tokens.
+
+    `add` returns the rows completed so far; `finish` the last one. Each example restarts
+    `position_ids`, and its first token gets no label (it predicts nothing from the previous one).
+    """
+
+    KEYS = ("input_ids", "labels", "position_ids")
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.cur = {k: [] for k in self.KEYS}
+
+    def add(self, ids_batch, labels_batch) -> dict[str, list[list[int]]]:
+        rows = {k: [] for k in self.KEYS}
+        for ids, labels in zip(ids_batch, labels_batch, strict=True):
+            cur = self.cur
+            if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > self.max_length:
+                for k in rows:
+                    rows[k].append(cur[k])
+                cur = self.cur = {k: [] for k in self.KEYS}
+            cur["input_ids"] += ids
+            cur["labels"] += [IGNORE_INDEX, *labels[1:]] if cur["labels"] else list(labels)
+            cur["position_ids"] += list(range(len(ids)))
+        return rows
+
+    def finish(self) -> dict[str, list[list[int]]]:
+        rows = {k: [self.cur[k]] if self.cur["input_ids"] else [] for k in self.KEYS}
+        self.cur = {k: [] for k in self.KEYS}
+        return rows
+
+
 def pack(examples: dict[str, list[list[int]]], max_length: int) -> dict[str, list[list[int]]]:
-    """Greedy first-fit packing in order: rows of at most `max_length` tokens with position ids."""
-    rows: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
-    cur = {"input_ids": [], "labels": [], "position_ids": []}
-    for ids, labels in zip(examples["input_ids"], examples["labels"], strict=True):
-        if cur["input_ids"] and len(cur["input_ids"]) + len(ids) > max_length:
-            for k in rows:
-                rows[k].append(cur[k])
-            cur = {"input_ids": [], "labels": [], "position_ids": []}
-        cur["input_ids"] += ids
-        # the first token of an example predicts nothing from the previous example
-        cur["labels"] += [IGNORE_INDEX, *labels[1:]] if cur["labels"] else list(labels)
-        cur["position_ids"] += list(range(len(ids)))
-    if cur["input_ids"]:
-        for k in rows:
-            rows[k].append(cur[k])
-    return rows
+    """Pack a whole (small) set of examples at once; see `Packer`."""
+    packer = Packer(max_length)
+    rows = packer.add(examples["input_ids"], examples["labels"])
+    last = packer.finish()
+    return {k: rows[k] + last[k] for k in Packer.KEYS}
 
 
 @dataclass

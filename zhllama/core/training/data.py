@@ -1,25 +1,67 @@
-"""Training data: plain-text documents for pre-training, instruction records for SFT.
+"""Training data built with `datasets` end to end: the corpus never sits in Python lists.
 
-Tokenised datasets are cached with `datasets.save_to_disk`, keyed by the tokenizer files, the
-settings that change the result, and the input files' sha256, so a rerun does not re-tokenise.
+Pre-training (`pretrain_dataset`):
+1. every input file is read line by line in chunks of about `CHUNK_BYTES`; each chunk's documents
+   are tokenised by a batched `Dataset.map` over `workers` processes and written as Arrow;
+   the per-file result (one row of token ids per document) is cached under a key made of the
+   tokenizer files' sha256, the settings that change the ids, and the file's sha256, so adding
+   a file to a corpus tokenises only that file;
+2. the cached documents are grouped into blocks on Arrow/numpy batches and cached too (key: the
+   per-file keys, block size, grouping).
+
+Two groupings: `stream` (default) concatenates every document of every file into one stream and
+cuts it into full blocks (only the final remainder is dropped); `cla2` reproduces
+Chinese-LLaMA-Alpaca-2's `run_clm_pt_with_peft.py` exactly: each file on its own, blank lines
+kept as (empty) documents, `group_texts` over each batch of 1000 lines (its remainder dropped,
+a batch shorter than one block kept as one short block). `--doc-separator eos|none` decides
+whether a document ends with EOS (every document starts with BOS).
+
+SFT (`sft_dataset`): JSONL is streamed line by line and JSON arrays are decoded incrementally
+(one record at a time); records are validated in that pass (errors name file and record), then
+rendered by the template and tokenised by a batched `map`; cached per file like pre-training.
+
+`--streaming` builds `datasets.IterableDataset`s from the same readers and encoders instead: no
+cache, one shard per file (so with `stream` grouping each file's remainder is dropped at its end),
+sharded by rank by accelerate (whole files per rank when there are at least as many files as
+ranks, else every rank reads the stream and keeps its own batches).
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 from zhllama.core.errors import UserError
-from zhllama.core.templates import Message, Template, encode
+from zhllama.core.templates import Message, Template, encode, get_template
 from zhllama.core.tokenizer import TOKENIZER_FILES, ZhTokenizer
 
-TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
+TEXT_SUFFIXES = (".txt", ".jsonl")
+RECORD_SUFFIXES = (".json", ".jsonl")
+CHUNK_BYTES = 16 << 20  # text read (and tokenised by one `map`) at a time
+MAP_BATCH = 1000  # rows per `map` batch (also CLA2's group_texts batch)
+FORMAT_VERSION = 2  # part of every cache key: bump when the cached layout or semantics change
+DOC_SEPARATORS = ("eos", "none")
+GROUPINGS = ("stream", "cla2")
 
 
-def expand_files(paths: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[Path]:
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def expand_files(
+    paths: Iterable[str | Path], suffixes: tuple[str, ...], refuse: dict[str, str] | None = None
+) -> list[Path]:
+    """Files named, plus the `suffixes` files found (recursively, sorted) in folders named.
+
+    `refuse` maps a suffix to the reason a file named explicitly with it cannot be read.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -28,6 +70,8 @@ def expand_files(paths: Iterable[str | Path], suffixes: tuple[str, ...]) -> list
                 raise UserError(f"{p}: folder holds no {'/'.join(suffixes)} files")
             files += found
         elif p.is_file():
+            if refuse and p.suffix in refuse:
+                raise UserError(f"{p}: {refuse[p.suffix]}")
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
@@ -44,101 +88,508 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(tokenizer: ZhTokenizer, files: list[Path], settings: dict) -> str:
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    folder = tokenizer.path if tokenizer.path.is_dir() else tokenizer.path.parent
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            h.update(sha256_file(folder / name).encode())
-    for f in files:
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()[:24]
+def tokenizer_hash(tokenizer: ZhTokenizer) -> str:
+    h = hashlib.sha256()
+    if tokenizer.path.is_file():
+        h.update(sha256_file(tokenizer.path).encode())
+    else:
+        for name in TOKENIZER_FILES:
+            if (tokenizer.path / name).is_file():
+                h.update(name.encode() + sha256_file(tokenizer.path / name).encode())
+    return h.hexdigest()
+
+
+def cache_key(*parts) -> str:
+    """sha256 over JSON-encoded parts (settings, tokenizer hash, file hashes, ...), 24 hex digits."""
+    text = json.dumps([FORMAT_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ZHLLAMA_CACHE", Path.home() / ".cache" / "zhllama")) / "datasets"
 
 
-def cached(key: str, cache_dir: Path | None, build):
-    """Load dataset `key` from the cache, or build and save it (atomically) first."""
-    from datasets import load_from_disk
+# ---- the Arrow part store ------------------------------------------------------------------------
+PARTS_FILE = "parts.json"
 
+
+def load_parts(folder: Path):
+    """The dataset stored in `folder` as ordered Arrow files (memory-mapped, nothing loaded)."""
+    from datasets import Dataset, concatenate_datasets
+
+    names = json.loads((folder / PARTS_FILE).read_text())["parts"]
+    parts = [Dataset.from_file(str(folder / n), in_memory=False) for n in names]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def cached_parts(folder: Path, build) -> tuple[object, bool]:
+    """Load the part store at `folder`, or run `build(tmp) -> [file names]` into a temp sibling first."""
     from zhllama.core.atomic import atomic_dir
 
-    folder = (cache_dir or default_cache_dir()) / key
-    if folder.is_dir():
-        return load_from_disk(str(folder)), True
-    dataset = build()
+    if (folder / PARTS_FILE).is_file():
+        return load_parts(folder), True
     with atomic_dir(folder, force=True) as tmp:
-        dataset.save_to_disk(str(tmp))
-    return load_from_disk(str(folder)), False
+        names = build(tmp)
+        (tmp / PARTS_FILE).write_text(json.dumps({"parts": names}) + "\n")
+    return load_parts(folder), False
 
 
-# ---- pre-training ------------------------------------------------------------------------------
-def read_documents(files: list[Path]) -> list[str]:
-    """One document per non-empty line of .txt files; the `text` field of .jsonl records."""
-    docs: list[str] = []
-    for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{f}: not UTF-8 text") from exc
-        if f.suffix == ".jsonl":
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{f}:{n}: malformed JSON ({exc.msg})") from exc
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise UserError(f"{f}:{n}: record has no string field 'text'")
-                docs.append(record["text"])
-        else:
-            docs += [line for line in lines if line.strip()]
-    if not docs:
+class ArrowParts:
+    """Write rows of token-id lists as one Arrow file per `add` (lists of int32)."""
+
+    def __init__(self, folder: Path, columns: tuple[str, ...] = ("input_ids",)):
+        self.folder, self.columns, self.names, self.rows = folder, columns, [], 0
+
+    def add_table(self, table) -> None:
+        from datasets import Features, Sequence, Value
+        from datasets.arrow_writer import ArrowWriter
+
+        if table.num_rows == 0:
+            return
+        name = f"part-{len(self.names):05d}.arrow"
+        features = Features({c: Sequence(Value("int32")) for c in self.columns})
+        with ArrowWriter(path=str(self.folder / name), features=features) as writer:
+            writer.write_table(table.cast(features.arrow_schema))
+            writer.finalize()
+        self.names.append(name)
+        self.rows += table.num_rows
+
+
+def list_array(flat, lengths):
+    """A pyarrow list<int32> array from a flat numpy array and row lengths."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int32, copy=False)))
+
+
+def flat_ids(column):
+    """The concatenated token ids of a list column (pyarrow) as numpy int32, zero-copy where possible."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.list_flatten(column).to_numpy(), dtype=np.int32)
+
+
+# ---- reading -------------------------------------------------------------------------------------
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str, int]]:
+    """(line number, text without the newline, bytes) for each line; non-UTF-8 is a UserError."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode("utf-8"), len(raw)
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{n}: not UTF-8 text") from exc
+
+
+def iter_documents(path: Path, keep_blank: bool = False) -> Iterator[tuple[str, int]]:
+    """(document, bytes read) for a .txt (one per line) or .jsonl (`text` field) file.
+
+    Lines split as `str.splitlines()` of the whole file does (universal newlines, U+2028 ...);
+    blank lines are skipped unless `keep_blank` (CLA2's `text` loader keeps them).
+    """
+    jsonl = path.suffix == ".jsonl"
+    for n, line, size in _utf8_lines(path):
+        if jsonl:
+            if not line.strip():
+                yield None, size
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{n}: malformed JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f"{path}:{n}: record has no string field 'text'")
+            yield record["text"], size
+            continue
+        first = True
+        for piece in line.splitlines():  # never empty: a line read from a file has a character
+            if keep_blank or piece.strip():
+                yield piece, size if first else 0
+            elif first:
+                yield None, size
+            first = False
+
+
+def _chunks(docs: Iterator[tuple[str | None, int]], chunk_bytes: int) -> Iterator[tuple[list[str], int]]:
+    batch: list[str] = []
+    size = 0
+    for doc, n in docs:
+        size += n
+        if doc is not None:
+            batch.append(doc)
+        if size >= chunk_bytes:
+            yield batch, size
+            batch, size = [], 0
+    if batch or size:
+        yield batch, size
+
+
+# ---- encoding in worker processes ----------------------------------------------------------------
+_TOKENIZERS: dict[str, ZhTokenizer] = {}
+
+
+def _tokenizer(path: str) -> ZhTokenizer:
+    """The process's tokenizer for `path` (forked workers inherit the parent's, others load it)."""
+    tok = _TOKENIZERS.get(path)
+    if tok is None:
+        tok = _TOKENIZERS[path] = ZhTokenizer(path)
+    return tok
+
+
+def register_tokenizer(tokenizer: ZhTokenizer) -> str:
+    _TOKENIZERS[str(tokenizer.path)] = tokenizer
+    return str(tokenizer.path)
+
+
+def encode_documents(texts: list[str], tokenizer: ZhTokenizer, eos: bool) -> list[list[int]]:
+    """BOS + text (+ EOS): exactly `tokenizer.encode(text, bos=True, eos=eos)` per document."""
+    bos_ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    eos_ids = [tokenizer.eos_id] if eos and tokenizer.eos_id is not None else []
+    return [bos_ids + ids + eos_ids for ids in tokenizer.encode_batch(texts)]
+
+
+def _encode_text_batch(batch: dict, tokenizer_path: str, eos: bool) -> dict:
+    return {"input_ids": encode_documents(batch["text"], _tokenizer(tokenizer_path), eos)}
+
+
+def _map(dataset, function, fn_kwargs: dict, workers: int, out_file: Path | None, fingerprint: str, columns):
+    import datasets
+    from datasets import Features, Sequence, Value
+
+    datasets.disable_progress_bars()  # ByteProgress shows MB/s over the whole corpus instead
+
+    return dataset.map(
+        function,
+        batched=True,
+        batch_size=MAP_BATCH,
+        num_proc=workers if workers > 1 and len(dataset) > 1 else None,
+        fn_kwargs=fn_kwargs,
+        remove_columns=dataset.column_names,
+        features=Features({c: Sequence(Value("int32")) for c in columns}),
+        cache_file_name=str(out_file) if out_file is not None else None,
+        keep_in_memory=out_file is None,
+        new_fingerprint=fingerprint,
+        desc=None,
+    )
+
+
+def _copy_parts(mapped, folder: Path, parts: ArrowParts) -> None:
+    """Register the Arrow files `map` wrote for one chunk (in shard order) as parts of `folder`."""
+    for cache in mapped.cache_files:
+        name = Path(cache["filename"]).name
+        if Path(cache["filename"]).parent != folder:
+            shutil.move(cache["filename"], folder / name)
+        parts.names.append(name)
+    parts.rows += len(mapped)
+
+
+class ByteProgress:
+    """A Rich bar over input bytes with MB/s and ETA (a no-op under --quiet or without a TTY)."""
+
+    def __init__(self, description: str, total: int):
+        from rich.progress import TransferSpeedColumn
+
+        from zhllama.core import console
+
+        self.progress = console.make_progress(TransferSpeedColumn())
+        self.task = self.progress.add_task(description, total=total)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def advance(self, n: int) -> None:
+        self.progress.update(self.task, advance=n)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+# ---- pre-training --------------------------------------------------------------------------------
+def pretrain_file_key(tok_hash: str, path: Path, separator: str, grouping: str) -> str:
+    return cache_key("pretrain-docs", tok_hash, separator, grouping == "cla2", sha256_file(path))
+
+
+def tokenize_text_file(
+    path: Path, tokenizer: ZhTokenizer, eos: bool, keep_blank: bool, folder: Path, workers: int, progress=None
+) -> list[str]:
+    """Tokenise one text file into Arrow parts in `folder` (one row per document); part names."""
+    from datasets import Dataset
+
+    tok_path = register_tokenizer(tokenizer)
+    parts = ArrowParts(folder)
+    for i, (texts, size) in enumerate(_chunks(iter_documents(path, keep_blank), CHUNK_BYTES)):
+        if texts:
+            chunk = Dataset.from_dict({"text": texts})
+            mapped = _map(
+                chunk,
+                _encode_text_batch,
+                {"tokenizer_path": tok_path, "eos": eos},
+                workers,
+                folder / f"docs-{i:05d}.arrow",
+                cache_key(folder.name, i)[:20],
+                ("input_ids",),
+            )
+            _copy_parts(mapped, folder, parts)
+            del chunk, mapped
+        if progress is not None:
+            progress.advance(size)
+    return parts.names
+
+
+def group_stream(batches: Iterator, block_size: int, carry=None):
+    """Yield (blocks as a 2-D numpy array, carry) over id batches; the final carry is dropped."""
+    import numpy as np
+
+    carry = np.zeros(0, dtype=np.int32) if carry is None else carry
+    for flat in batches:
+        buf = np.concatenate([carry, flat]) if len(carry) else flat
+        n = len(buf) // block_size
+        yield buf[: n * block_size].reshape(n, block_size)
+        carry = buf[n * block_size :]
+
+
+def group_cla2(flat, block_size: int):
+    """CLA2's group_texts on one batch: full blocks, or the whole batch when shorter than a block."""
+    import numpy as np
+
+    total = len(flat)
+    if total >= block_size:
+        total = (total // block_size) * block_size
+    lengths = [block_size] * (total // block_size) + ([total % block_size] if total % block_size else [])
+    return flat[:total], np.array(lengths, dtype=np.int64)
+
+
+def write_blocks(doc_sets: list, block_size: int, grouping: str, folder: Path) -> list[str]:
+    """Group per-file document datasets into blocks; Arrow parts in `folder`."""
+    import numpy as np
+    import pyarrow as pa
+
+    parts = ArrowParts(folder)
+
+    def emit(flat, lengths):
+        if len(lengths):
+            parts.add_table(pa.table({"input_ids": list_array(flat, lengths)}))
+
+    if grouping == "cla2":
+        for docs in doc_sets:
+            for batch in docs.with_format("arrow").iter(batch_size=MAP_BATCH):
+                emit(*group_cla2(flat_ids(batch["input_ids"]), block_size))
+        return parts.names
+
+    def batches():
+        for docs in doc_sets:
+            for batch in docs.with_format("arrow").iter(batch_size=8 * MAP_BATCH):
+                yield flat_ids(batch["input_ids"])
+
+    pending, pending_rows = [], 0
+    for blocks in group_stream(batches(), block_size):
+        if len(blocks):
+            pending.append(blocks)
+            pending_rows += len(blocks)
+        if pending_rows * block_size >= CHUNK_BYTES // 4:
+            stacked = np.concatenate(pending)
+            emit(stacked.reshape(-1), np.full(len(stacked), block_size))
+            pending, pending_rows = [], 0
+    if pending:
+        stacked = np.concatenate(pending)
+        emit(stacked.reshape(-1), np.full(len(stacked), block_size))
+    return parts.names
+
+
+def pretrain_dataset(
+    tokenizer: ZhTokenizer,
+    files: list[Path],
+    block_size: int,
+    cache_dir: Path | None,
+    separator: str = "eos",
+    grouping: str = "stream",
+    workers: int = 1,
+) -> tuple[object, dict]:
+    """The cached block dataset (column `input_ids`) and stats {blocks, tokenized_files, reused_files}."""
+    cache = Path(cache_dir or default_cache_dir())
+    tok_hash = tokenizer_hash(tokenizer)
+    keys = [pretrain_file_key(tok_hash, f, separator, grouping) for f in files]
+    todo = [f for f, k in zip(files, keys, strict=True) if not (cache / "docs" / k / PARTS_FILE).is_file()]
+    doc_sets = []
+    with ByteProgress("tokenizing", sum(f.stat().st_size for f in todo)) as progress:
+        for f, key in zip(files, keys, strict=True):
+            docs, _ = cached_parts(
+                cache / "docs" / key,
+                lambda tmp, f=f: tokenize_text_file(
+                    f, tokenizer, separator == "eos", grouping == "cla2", tmp, workers, progress
+                ),
+            )
+            doc_sets.append(docs)
+    doc_sets = [d for d in doc_sets if d is not None and len(d)]
+    if not doc_sets:
         raise UserError(f"{', '.join(map(str, files))}: no text found (empty data)")
-    return docs
+    block_key = cache_key("pretrain-blocks", keys, block_size, grouping)
+    blocks, _ = cached_parts(
+        cache / "blocks" / block_key, lambda tmp: write_blocks(doc_sets, block_size, grouping, tmp)
+    )
+    if blocks is None:
+        total = sum(len(flat_ids(d.data.column("input_ids"))) for d in doc_sets)
+        raise UserError(f"data has {total} tokens, fewer than one block of --block-size {block_size}")
+    return blocks, {"tokenized_files": len(todo), "reused_files": len(files) - len(todo)}
 
 
-def pretrain_blocks(tokenizer: ZhTokenizer, docs: list[str], block_size: int) -> list[list[int]]:
-    """BOS + document + EOS, concatenated, cut into full blocks (the remainder is dropped)."""
-    stream: list[int] = []
-    for doc in docs:
-        stream += tokenizer.encode(doc, bos=True, eos=True)
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
-    if not blocks:
-        raise UserError(f"data has {len(stream)} tokens, fewer than one block of --block-size {block_size}")
-    return blocks
+def pretrain_stream(
+    tokenizer: ZhTokenizer, files: list[Path], block_size: int, separator: str = "eos", grouping: str = "stream"
+):
+    """An IterableDataset of blocks, tokenised on the fly (no cache); one shard per file."""
+    from datasets import IterableDataset
+
+    for f in files:  # fail before training starts, not in the middle
+        next(iter_documents(f), None)
+    return IterableDataset.from_generator(
+        _stream_blocks,
+        gen_kwargs={
+            "files": [str(f) for f in files],
+            "tokenizer_path": register_tokenizer(tokenizer),
+            "block_size": block_size,
+            "eos": separator == "eos",
+            "grouping": grouping,
+        },
+    )
 
 
-# ---- SFT -------------------------------------------------------------------------------------
+def _stream_blocks(files: list[str], tokenizer_path: str, block_size: int, eos: bool, grouping: str):
+    import numpy as np
+
+    tokenizer = _tokenizer(tokenizer_path)
+
+    def id_batches(path):
+        batch: list[str] = []
+        for doc, _ in iter_documents(Path(path), keep_blank=grouping == "cla2"):
+            if doc is not None:
+                batch.append(doc)
+            if len(batch) == MAP_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def flat(texts):
+        return np.fromiter((i for ids in encode_documents(texts, tokenizer, eos) for i in ids), dtype=np.int32)
+
+    if grouping == "cla2":
+        for path in files:
+            for texts in id_batches(path):
+                ids, lengths = group_cla2(flat(texts), block_size)
+                for start, n in zip(np.cumsum(lengths) - lengths, lengths, strict=True):
+                    yield {"input_ids": ids[start : start + n].tolist()}
+        return
+    for blocks in group_stream((flat(t) for path in files for t in id_batches(path)), block_size):
+        for row in blocks:
+            yield {"input_ids": row.tolist()}
+
+
+# ---- SFT -----------------------------------------------------------------------------------------
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-def read_records(files: list[Path]) -> list[tuple[str, int, dict]]:
-    """(file, index, record) for Alpaca JSON arrays and JSONL files."""
-    out: list[tuple[str, int, dict]] = []
-    for f in files:
-        text = f.read_text(encoding="utf-8")
-        if f.suffix == ".jsonl":
-            for n, line in enumerate(text.splitlines()):
-                if line.strip():
-                    try:
-                        out.append((str(f), n, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{f}: record {n}: malformed JSON ({exc.msg})") from exc
-        else:
-            try:
-                data = json.loads(text)
+def iter_json_array(path: Path, read_size: int = 1 << 20) -> Iterator[tuple[int, object, int]]:
+    """(index, record, bytes read) of a JSON array file, decoded one element at a time."""
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, eof, consumed_lines = "", 0, False, 0
+
+    def more(fh) -> bool:
+        nonlocal buf, pos, eof, consumed_lines
+        if eof:
+            return False
+        raw = fh.read(read_size)
+        try:
+            text = utf8.decode(raw, final=not raw)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 text") from exc
+        consumed_lines += buf.count("\n", 0, pos)
+        buf, pos = buf[pos:] + text, 0
+        eof = not raw
+        return True
+
+    def malformed(msg: str):
+        line = consumed_lines + buf.count("\n", 0, pos) + 1
+        return UserError(f"{path}: malformed JSON at line {line} ({msg})")
+
+    def skip_ws(fh) -> str:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not more(fh):
+                return ""
+
+    with open(path, "rb") as fh:
+        first = skip_ws(fh)
+        if first == "":
+            raise malformed("Expecting value")
+        if first != "[":
+            try:  # a complete JSON value that is not an array, or not JSON at all
+                while more(fh):
+                    pass
+                json.loads(buf[pos:])
             except json.JSONDecodeError as exc:
-                raise UserError(f"{f}: malformed JSON at line {exc.lineno} ({exc.msg})") from exc
-            if not isinstance(data, list):
-                raise UserError(f"{f}: expected a JSON array of records")
-            out += [(str(f), n, r) for n, r in enumerate(data)]
-    if not out:
-        raise UserError(f"{', '.join(map(str, files))}: no records (empty data)")
-    return out
+                raise malformed(exc.msg) from exc
+            raise UserError(f"{path}: expected a JSON array of records")
+        pos += 1
+        index, last = 0, 0
+        if skip_ws(fh) == "]":
+            pos += 1
+        else:
+            while True:
+                skip_ws(fh)
+                while True:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                        if end == len(buf) and not eof and isinstance(value, (int, float)):
+                            raise json.JSONDecodeError("number may continue", buf, end)
+                        break
+                    except json.JSONDecodeError as exc:
+                        if not more(fh):
+                            raise malformed(exc.msg) from exc
+                pos = end
+                done = fh.tell()
+                yield index, value, done - last
+                last = done
+                index += 1
+                sep = skip_ws(fh)
+                if sep == ",":
+                    pos += 1
+                    continue
+                if sep == "]":
+                    pos += 1
+                    break
+                raise malformed("Expecting ',' delimiter" if sep else "Expecting ',' delimiter or ']'")
+        if skip_ws(fh) != "":
+            raise malformed("Extra data")
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, object, int]]:
+    """(index, record, bytes) of an Alpaca JSON array or a JSONL file, streamed."""
+    if path.suffix != ".jsonl":
+        yield from iter_json_array(path)
+        return
+    index = 0
+    for _, line, size in _utf8_lines(path):
+        for piece in line.splitlines() or [""]:
+            if piece.strip():
+                try:
+                    yield index, json.loads(piece), size
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: record {index}: malformed JSON ({exc.msg})") from exc
+            else:
+                yield index, None, size
+            size = 0
+            index += 1
 
 
 def record_messages(source: str, index: int, record) -> list[Message]:
@@ -152,6 +603,8 @@ def record_messages(source: str, index: int, record) -> list[Message]:
             raise UserError(f"{where}: 'conversations' must be a non-empty list")
         messages = []
         for t, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                raise UserError(f"{where}: turn {t} is not a JSON object")
             role = ROLE_NAMES.get(str(turn.get("from", turn.get("role"))))
             content = turn.get("value", turn.get("content"))
             if role is None or not isinstance(content, str):
@@ -169,18 +622,169 @@ def record_messages(source: str, index: int, record) -> list[Message]:
     return [Message("user", prompt), Message("assistant", record["output"])]
 
 
-def sft_examples(
-    tokenizer: ZhTokenizer, template: Template, records, max_length: int, system: str | None
-) -> dict[str, list[list[int]]]:
-    ids_all, labels_all = [], []
-    for source, index, record in records:
-        ids, labels = encode(
-            tokenizer, template.segments(record_messages(source, index, record), system=system), max_length
-        )
+def iter_conversations(path: Path, template: Template, system: str | None) -> Iterator[tuple[dict | None, int]]:
+    """({roles, contents} or None, bytes) per record, validated (template included) with its location."""
+    for index, record, size in iter_records(path):
+        if record is None:
+            yield None, size
+            continue
+        messages = record_messages(str(path), index, record)
+        try:
+            template.segments(messages, system=system)
+        except UserError as exc:
+            raise UserError(f"{path}: record {index}: {exc}") from exc
+        yield {"roles": [m.role for m in messages], "contents": [m.content for m in messages]}, size
+
+
+def encode_conversations(batch: dict, tokenizer: ZhTokenizer, template: Template, system, max_len: int) -> dict:
+    """Token ids and labels per conversation; conversations with no answer token left are dropped."""
+    out = {"input_ids": [], "labels": []}
+    for roles, contents in zip(batch["roles"], batch["contents"], strict=True):
+        messages = [Message(r, c) for r, c in zip(roles, contents, strict=True)]
+        ids, labels = encode(tokenizer, template.segments(messages, system=system), max_len)
         if all(label == -100 for label in labels):
-            continue  # the prompt alone fills max_length: nothing to learn from this record
-        ids_all.append(ids)
-        labels_all.append(labels)
-    if not ids_all:
-        raise UserError(f"no record has answer tokens within --max-seq-length {max_length}")
-    return {"input_ids": ids_all, "labels": labels_all}
+            continue  # the prompt alone fills max_len: nothing to learn from this record
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+    return out
+
+
+def _encode_conversation_batch(batch: dict, tokenizer_path: str, template: str, system, max_len: int) -> dict:
+    return encode_conversations(batch, _tokenizer(tokenizer_path), get_template(template), system, max_len)
+
+
+def tokenize_record_file(
+    path: Path, tokenizer: ZhTokenizer, template: Template, system, max_len: int, folder: Path, workers: int, progress
+) -> list[str]:
+    from datasets import Dataset
+
+    kwargs = {"tokenizer_path": register_tokenizer(tokenizer), "template": template.name, "system": system}
+    parts = ArrowParts(folder, ("input_ids", "labels"))
+    for i, (rows, size) in enumerate(_chunks(iter_conversations(path, template, system), CHUNK_BYTES)):
+        if rows:
+            chunk = Dataset.from_dict({"roles": [r["roles"] for r in rows], "contents": [r["contents"] for r in rows]})
+            mapped = _map(
+                chunk,
+                _encode_conversation_batch,
+                {**kwargs, "max_len": max_len},
+                workers,
+                folder / f"examples-{i:05d}.arrow",
+                cache_key(folder.name, i)[:20],
+                ("input_ids", "labels"),
+            )
+            _copy_parts(mapped, folder, parts)
+            del chunk, mapped
+        if progress is not None:
+            progress.advance(size)
+    return parts.names
+
+
+def sft_dataset(
+    tokenizer: ZhTokenizer,
+    template: Template,
+    files: list[Path],
+    max_len: int,
+    system: str | None,
+    cache_dir: Path | None,
+    workers: int = 1,
+) -> tuple[object, dict]:
+    """Examples (`input_ids`, `labels`) of every file in order, cached per file."""
+    from datasets import concatenate_datasets
+
+    cache = Path(cache_dir or default_cache_dir())
+    tok_hash = tokenizer_hash(tokenizer)
+    keys = [cache_key("sft", tok_hash, template.name, system, max_len, sha256_file(f)) for f in files]
+    todo = [f for f, k in zip(files, keys, strict=True) if not (cache / "sft" / k / PARTS_FILE).is_file()]
+    sets = []
+    with ByteProgress("tokenizing", sum(f.stat().st_size for f in todo)) as progress:
+        for f, key in zip(files, keys, strict=True):
+            examples, _ = cached_parts(
+                cache / "sft" / key,
+                lambda tmp, f=f: tokenize_record_file(f, tokenizer, template, system, max_len, tmp, workers, progress),
+            )
+            sets.append(examples)
+    sets = [s for s in sets if s is not None and len(s)]
+    if not sets:
+        if not any(_has_records(f) for f in files):
+            raise UserError(f"{', '.join(map(str, files))}: no records (empty data)")
+        raise UserError(f"no record has answer tokens within --max-seq-length {max_len}")
+    dataset = sets[0] if len(sets) == 1 else concatenate_datasets(sets)
+    return dataset, {"tokenized_files": len(todo), "reused_files": len(files) - len(todo)}
+
+
+def _has_records(path: Path) -> bool:
+    return any(record is not None for _, record, _ in iter_records(path))
+
+
+def sft_stream(
+    tokenizer: ZhTokenizer, template: Template, files: list[Path], max_len: int, system, packing: bool = False
+):
+    """An IterableDataset of SFT examples (packed rows with `packing`), tokenised on the fly; one shard per file."""
+    from datasets import IterableDataset
+
+    for f in files:
+        next(iter_conversations(f, template, system), None)
+    return IterableDataset.from_generator(
+        _stream_examples,
+        gen_kwargs={
+            "files": [str(f) for f in files],
+            "tokenizer_path": register_tokenizer(tokenizer),
+            "template": template.name,
+            "system": system,
+            "max_len": max_len,
+            "packing": packing,
+        },
+    )
+
+
+def _stream_examples(files: list[str], tokenizer_path: str, template: str, system, max_len: int, packing: bool):
+    from zhllama.core.training.collate import Packer
+
+    tokenizer, tpl = _tokenizer(tokenizer_path), get_template(template)
+    packer = Packer(max_len) if packing else None
+
+    def rows(out):
+        if packer is None:
+            yield from ({"input_ids": i, "labels": lab} for i, lab in zip(out["input_ids"], out["labels"], strict=True))
+            return
+        done = packer.add(out["input_ids"], out["labels"])
+        yield from (dict(zip(Packer.KEYS, r, strict=True)) for r in zip(*(done[k] for k in Packer.KEYS), strict=True))
+
+    for path in files:
+        for row, _ in iter_conversations(Path(path), tpl, system):
+            if row is not None:
+                yield from rows(encode_conversations({k: [v] for k, v in row.items()}, tokenizer, tpl, system, max_len))
+    if packer is not None:
+        last = packer.finish()
+        yield from (dict(zip(Packer.KEYS, r, strict=True)) for r in zip(*(last[k] for k in Packer.KEYS), strict=True))
+
+
+def pack_dataset(dataset, max_len: int, folder: Path) -> list[str]:
+    """Greedy in-order packing (see `collate.Packer`) over Arrow batches; parts in `folder`."""
+    import pyarrow as pa
+
+    from zhllama.core.training.collate import Packer
+
+    parts = ArrowParts(folder, ("input_ids", "labels", "position_ids"))
+    packer = Packer(max_len)
+    for batch in dataset.iter(batch_size=MAP_BATCH):
+        rows = packer.add(batch["input_ids"], batch["labels"])
+        if rows["input_ids"]:
+            parts.add_table(pa.table(rows))
+    rows = packer.finish()
+    if rows["input_ids"]:
+        parts.add_table(pa.table(rows))
+    return parts.names
+
+
+def packed(dataset, max_len: int, cache_dir: Path | None, tag) -> object:
+    """`dataset` packed into rows of at most `max_len` tokens, cached (key: the dataset's fingerprint)."""
+    cache = Path(cache_dir or default_cache_dir())
+    key = cache_key("packed", dataset._fingerprint, max_len, tag)
+    rows, _ = cached_parts(cache / "packed" / key, lambda tmp: pack_dataset(dataset, max_len, tmp))
+    return rows
+
+
+def main_process_first(args):
+    """`args.main_process_first` when there is a TrainingArguments, else a no-op context."""
+    return args.main_process_first(desc="tokenizing") if args is not None else nullcontext()

@@ -15,67 +15,24 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.assets import config_path
 from zhllama.core.errors import UserError
+from zhllama.core.training.config import DEFAULT_TARGETS, TrainConfig
 
-DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+__all__ = ["DEFAULT_TARGETS", "TrainConfig", "train", "training_arguments"]
+
 DEEPSPEED_PRESETS = {"zero2": "ds_zero2.json", "zero3": "ds_zero3.json"}
 FINAL_FILES_LAST = "train_summary.json"
+PROGRESS_FILE = "zhllama_progress.json"  # in each checkpoint: tokens and seconds so far (for --resume)
+OVERRIDES_FILE = "zhllama_overrides.json"  # in a LoRA output: config changes `zhllama merge` applies
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; field names follow the CLI flags (kebab -> snake)."""
-
-    model: Path
-    output: Path
-    data: list[Path]
-    tokenizer: Path | None = None
-    # LoRA / full / QLoRA
-    lora_rank: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
-    lora_targets: str = DEFAULT_TARGETS
-    modules_to_save: str = "embed_tokens,lm_head"
-    full: bool = False
-    qlora: int | None = None
-    adapter: Path | None = None
-    # TrainingArguments
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 1
-    per_device_eval_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    logging_steps: int = 10
-    save_steps: int = 200
-    eval_steps: int | None = None
-    save_total_limit: int | None = 3
-    seed: int = 42
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = False
-    attn: str = "sdpa"
-    deepspeed: str | None = None
-    report_to: str = "none"
-    # data
-    validation_split: float = 0.0
-    cache_dir: Path | None = None
-    resume: bool = False
-    force: bool = False
-    extra: dict = field(default_factory=dict)  # kind-specific settings (block_size, template, ...)
-
-
-def training_arguments(cfg: TrainConfig, has_eval: bool):
+def training_arguments(cfg: TrainConfig, has_eval: bool, streaming: bool = False):
     """Map the config onto `transformers.TrainingArguments` (transformers 5 field names)."""
     import torch
     from transformers import TrainingArguments
@@ -86,7 +43,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool):
     elif deepspeed is not None and not Path(deepspeed).is_file():
         raise UserError(f"--deepspeed: {deepspeed}: no such file (or use zero2 / zero3)")
     cpu = not torch.cuda.is_available()
-    return TrainingArguments(
+    values = dict(
         output_dir=str(cfg.output / "checkpoints"),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -97,6 +54,11 @@ def training_arguments(cfg: TrainConfig, has_eval: bool):
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a value < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_epsilon,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -108,41 +70,122 @@ def training_arguments(cfg: TrainConfig, has_eval: bool):
         bf16=cfg.bf16,
         fp16=cfg.fp16,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        ddp_timeout=cfg.ddp_timeout,
         deepspeed=deepspeed,
         report_to=[] if cfg.report_to in ("none", "") else cfg.report_to.split(","),
         use_cpu=cpu,
         ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         disable_tqdm=True,
         remove_unused_columns=False,
-        dataloader_num_workers=0,
     )
+    if streaming:  # every rank reads its own shard of the stream (see data.py)
+        values["accelerator_config"] = {"dispatch_batches": False}
+    values.update(cfg.trainer_overrides())
+    try:
+        return TrainingArguments(**values)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"training arguments: {str(exc).splitlines()[0]}") from exc
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints whose trainer_state.json (written last by the Trainer) parses, oldest first."""
+    found = []
+    for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        try:
+            step = int(ckpt.name.rsplit("-", 1)[1])
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        found.append((step, ckpt))
+    return [c for _, c in sorted(found)]
+
+
+def resume_checkpoint(cfg: TrainConfig) -> Path:
+    """The newest complete checkpoint; newer incomplete ones (a kill mid-write) are removed."""
+    folder = cfg.output / "checkpoints"
+    complete = complete_checkpoints(folder)
+    if not complete:
+        raise UserError(f"{cfg.output}: --resume needs a complete checkpoint in {folder}, none found")
+    newest = complete[-1]
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        step = int(newest.name.rsplit("-", 1)[1])
+        for ckpt in folder.glob("checkpoint-*"):
+            tail = ckpt.name.rsplit("-", 1)[1]
+            if ckpt not in complete and (not tail.isdigit() or int(tail) > step):
+                console.warn(
+                    f"{ckpt}: incomplete checkpoint (no trainer_state.json) removed; resuming from {newest.name}"
+                )
+                shutil.rmtree(ckpt, ignore_errors=True)
+    return newest
+
+
+def _only_empty_checkpoints(out: Path) -> bool:
+    entries = list(out.iterdir())
+    return all(e.name == "checkpoints" and e.is_dir() and not complete_checkpoints(e) for e in entries)
 
 
 def _check_output(cfg: TrainConfig) -> None:
-    out = cfg.output
+    """Validate options and paths, then clear OUT for a fresh run (never an input, even with --force)."""
+    check_run(cfg)
     if cfg.resume:
-        if not (out / "checkpoints").is_dir() or not any((out / "checkpoints").glob("checkpoint-*")):
-            raise UserError(f"{out}: --resume needs a checkpoint in {out / 'checkpoints'}, none found")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.force:
-            raise UserError(f"{out}: output directory exists and is not empty (use --force, or --resume)")
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            shutil.rmtree(out)
+        resume_checkpoint(cfg)
+    clear_output(cfg)
+
+
+def rope_overrides(cfg: TrainConfig, config) -> dict:
+    """Config changes for --rope-scaling/--rope-factor/--model-max-length ({} when none given).
+
+    Written into a --full model's config.json by save_pretrained, and as `zhllama_overrides.json`
+    next to a LoRA adapter (`{"config": {...}}`), which `zhllama merge` applies to the merged config.
+    """
+    out: dict = {}
+    original = int(config.max_position_embeddings)
+    if cfg.rope_scaling is not None:
+        current = getattr(config, "rope_parameters", None) or {}
+        if current.get("rope_type", "default") != "default":
+            raise UserError(
+                f"{cfg.model}: the model already has rope scaling {current.get('rope_type')} "
+                f"(factor {current.get('factor')}); --rope-scaling would apply a second one"
+            )
+        scaling = {"rope_type": cfg.rope_scaling, "type": cfg.rope_scaling, "factor": float(cfg.rope_factor)}
+        if cfg.rope_scaling == "yarn":
+            scaling["original_max_position_embeddings"] = original
+        out["rope_scaling"] = scaling
+        out["max_position_embeddings"] = cfg.model_max_length or int(original * cfg.rope_factor)
+    elif cfg.model_max_length is not None:
+        out["max_position_embeddings"] = cfg.model_max_length
+    return out
+
+
+def apply_overrides(config, overrides: dict) -> None:
+    if "rope_scaling" in overrides:
+        scaling = {k: v for k, v in overrides["rope_scaling"].items() if k != "type"}
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
+        config.rope_parameters = {**({"rope_theta": theta} if theta is not None else {}), **scaling}
+    if "max_position_embeddings" in overrides:
+        config.max_position_embeddings = overrides["max_position_embeddings"]
 
 
 def load_model(cfg: TrainConfig):
+    """The base model, with the rope overrides applied to its config; (model, overrides)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (cfg.model / "config.json").is_file():
         raise UserError(f"{cfg.model}: not a model folder (no config.json)")
-    kwargs = {"dtype": torch.float32, "attn_implementation": cfg.attn, "trust_remote_code": False}
+    try:
+        config = AutoConfig.from_pretrained(str(cfg.model), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{cfg.model / 'config.json'}: cannot read model config: {exc}") from exc
+    overrides = rope_overrides(cfg, config)
+    apply_overrides(config, overrides)
+    kwargs = {"config": config, "dtype": torch.float32, "attn_implementation": cfg.attn, "trust_remote_code": False}
     if cfg.bf16:
         kwargs["dtype"] = torch.bfloat16
     if cfg.qlora is not None:
-        if cfg.qlora not in (4, 8):
-            raise UserError(f"--qlora: {cfg.qlora} is not 4 or 8")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
@@ -157,7 +200,7 @@ def load_model(cfg: TrainConfig):
         )
         kwargs["device_map"] = {"": "cpu"} if not torch.cuda.is_available() else None
     try:
-        return AutoModelForCausalLM.from_pretrained(str(cfg.model), **kwargs)
+        return AutoModelForCausalLM.from_pretrained(str(cfg.model), **kwargs), overrides
     except (OSError, ValueError) as exc:
         raise UserError(f"{cfg.model}: cannot load model: {exc}") from exc
 
@@ -213,25 +256,28 @@ def plot_loss(losses: list[tuple[int, float]], eval_losses: list[tuple[int, floa
 
 
 def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
-    """Run a training job; `build_datasets(tokenizer, training_args)` -> (train, eval|None, collator)."""
+    """Run a training job; `build_datasets(tokenizer, training_args)` -> (train, eval|None, collator).
+
+    Every option and path is checked before anything is written; a run that fails before its first
+    checkpoint leaves no output folder behind; `--resume` continues from the newest complete
+    checkpoint, and the summary (tokens, seconds, losses) covers the whole run.
+    """
     import torch
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
     from zhllama.core.tokenizer import ZhTokenizer
     from zhllama.core.training.callbacks import ProgressCallback
     from zhllama.core.training.collate import NUM_TOKENS
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
-    _check_output(cfg)
-    from transformers import set_seed
-
+    check_run(cfg)
     set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
     tok_path = cfg.tokenizer or cfg.adapter or cfg.model
     tokenizer = ZhTokenizer(tok_path)
     base_tokenizer = None
     if any((cfg.model / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         base_tokenizer = ZhTokenizer(cfg.model)
-    model = load_model(cfg)
+    model, overrides = load_model(cfg)
     resized = resize_for_tokenizer(model, tokenizer, base_tokenizer)
     if resized and "embed_tokens" not in cfg.modules_to_save and not cfg.full:
         console.warn("the vocabulary grew but embed_tokens is not in --modules-to-save: new rows stay untrained")
@@ -242,9 +288,12 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
         if not cfg.full:
             model.enable_input_require_grads()
 
-    args = training_arguments(cfg, has_eval=cfg.validation_split > 0)
+    args = training_arguments(cfg, has_eval=cfg.validation_split > 0, streaming=cfg.streaming)
     train_set, eval_set, collator = build_datasets(tokenizer, args)
+    resume_from = resume_checkpoint(cfg) if cfg.resume else None
     progress = ProgressCallback()
+    if resume_from is not None:
+        progress.restore(resume_from / PROGRESS_FILE, main=int(os.environ.get("RANK", "0")) == 0)
 
     class CountingTrainer(Trainer):
         """Counts real tokens per step from the collator's NUM_TOKENS (which the model must not see)."""
@@ -257,20 +306,23 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
             inputs.pop(NUM_TOKENS, None)
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-    trainer = CountingTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collator,
-        callbacks=[progress],
-    )
-    from transformers.trainer_callback import PrinterCallback
+    clear_output(cfg)
+    try:
+        trainer = CountingTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=collator,
+            callbacks=[progress],
+        )
+        from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # logs go to our progress bar and train_summary.json
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume else None)
-    seconds = time.perf_counter() - start
+        trainer.remove_callback(PrinterCallback)  # logs go to our progress bar and train_summary.json
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        _remove_if_no_checkpoint(cfg.output)
+        raise
     tokens = progress.tokens
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         total = torch.tensor([tokens], dtype=torch.long)
@@ -280,36 +332,88 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     if eval_set is not None:
         metrics = trainer.evaluate()
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    losses, eval_losses = history(trainer.state.log_history)
+    seconds = progress.seconds()
     summary = {
         "kind": kind,
         "steps": trainer.state.global_step,
         "tokens": tokens,
         "train_loss": result.training_loss,
-        "final_loss": progress.losses[-1][1] if progress.losses else result.training_loss,
-        "first_loss": progress.losses[0][1] if progress.losses else None,
+        "final_loss": losses[-1][1] if losses else result.training_loss,
+        "first_loss": losses[0][1] if losses else None,
         "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
         "seconds": seconds,
+        "resumed_from": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
         "resized_vocab": resized,
         "vocab_size": model.get_input_embeddings().weight.shape[0],
-        "train_examples": len(train_set),
+        "train_examples": len(train_set) if hasattr(train_set, "__len__") else None,
+        **({"config_overrides": overrides} if overrides else {}),
         **{k: v for k, v in metrics.items() if k.startswith("eval_")},
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
     if trainer.is_world_process_zero():
-        _write_final(cfg, trainer.model, tokenizer, summary, progress)
+        _write_final(cfg, trainer.model, tokenizer, summary, (losses, eval_losses), overrides)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return summary
 
 
-def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, progress) -> None:
+def check_run(cfg: TrainConfig) -> None:
+    """Every check of `_check_output` that writes nothing."""
+    from zhllama.core.paths import check_output
+
+    cfg.validate()
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise UserError(f"{cfg.model}: not a model folder (no config.json)")
+    check_output(cfg.output, [cfg.model, cfg.tokenizer, cfg.adapter, cfg.cache_dir, *cfg.data])
+    out = cfg.output
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: output path is an existing file")
+    if cfg.resume:
+        if not complete_checkpoints(out / "checkpoints"):
+            raise UserError(f"{out}: --resume needs a complete checkpoint in {out / 'checkpoints'}, none found")
+        return
+    if out.is_dir() and any(out.iterdir()) and not cfg.force and not _only_empty_checkpoints(out):
+        raise UserError(f"{out}: output directory exists and is not empty (use --force, or --resume)")
+
+
+def clear_output(cfg: TrainConfig) -> None:
+    """Empty OUT for a fresh run (checked by `check_run`; rank 0 of each node does it)."""
+    out = cfg.output
+    if not cfg.resume and out.is_dir() and any(out.iterdir()) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        shutil.rmtree(out)
+
+
+def _remove_if_no_checkpoint(out: Path) -> None:
+    """After a failed run: remove what it created unless a checkpoint (something to resume) exists."""
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or not out.is_dir():
+        return
+    if complete_checkpoints(out / "checkpoints"):
+        return
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and not any(p.name.startswith("checkpoint-") for p in ckpts.iterdir()):
+        shutil.rmtree(ckpts, ignore_errors=True)
+    if not any(out.iterdir()):
+        out.rmdir()
+
+
+def history(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, loss) and (step, eval_loss) from the Trainer's log history (restored on --resume)."""
+    losses = [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
+    evals = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e]
+    return losses, evals
+
+
+def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict) -> None:
     out = cfg.output
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        if overrides and not cfg.full:
+            (tmp / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
         tokenizer.save(tmp)
-        plot_loss(progress.losses, progress.eval_losses, tmp / "loss.png")
+        plot_loss(*curves, tmp / "loss.png")
         (tmp / FINAL_FILES_LAST).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
         names = sorted(p.name for p in tmp.iterdir() if p.name != FINAL_FILES_LAST) + [FINAL_FILES_LAST]
         for name in names:

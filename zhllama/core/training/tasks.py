@@ -6,13 +6,14 @@ from zhllama.core import console
 from zhllama.core.errors import UserError
 from zhllama.core.templates import get_template
 from zhllama.core.training import data
-from zhllama.core.training.collate import PackedCollator, PadCollator, pack
-from zhllama.core.training.runner import TrainConfig, train
+from zhllama.core.training.collate import PackedCollator, PadCollator
+from zhllama.core.training.config import PretrainConfig, SftConfig, TrainConfig
+from zhllama.core.training.runner import train
+
+PRETRAIN_REFUSED = {".json": "pretrain reads plain text (.txt, one document per line) or .jsonl records with 'text'"}
 
 
 def _split(dataset, fraction: float, seed: int):
-    if not 0 <= fraction < 1:
-        raise UserError(f"--validation-split: {fraction} must be in [0, 1)")
     if fraction == 0:
         return dataset, None
     if len(dataset) < 2:
@@ -21,57 +22,65 @@ def _split(dataset, fraction: float, seed: int):
     return parts["train"], parts["test"]
 
 
-def pretrain(cfg: TrainConfig) -> dict:
-    """Continued pre-training on plain text (`extra`: block_size)."""
-    from datasets import Dataset
+def _as(cls, cfg: TrainConfig):
+    """`cfg` as `cls` (a plain TrainConfig with `extra` settings, as older callers build it)."""
+    if isinstance(cfg, cls):
+        return cfg
+    import dataclasses
 
-    block_size = int(cfg.extra.get("block_size", 512))
-    files = data.expand_files(cfg.data, data.TEXT_SUFFIXES)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+    own = {f.name for f in dataclasses.fields(cls)} - set(values)
+    return cls(**values, **{k: v for k, v in cfg.extra.items() if k in own})
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Continued pre-training on plain text (blocks of `block_size` tokens)."""
+    cfg = _as(PretrainConfig, cfg)
+    cfg.validate()
+    files = data.expand_files(cfg.data, data.TEXT_SUFFIXES, refuse=PRETRAIN_REFUSED)
 
     def build(tokenizer, args):
-        key = data.cache_key(tokenizer, files, {"kind": "pretrain", "block_size": block_size})
-        with args.main_process_first(desc="tokenizing"):
-            dataset, hit = data.cached(
-                key,
-                cfg.cache_dir,
-                lambda: Dataset.from_dict(
-                    {"input_ids": data.pretrain_blocks(tokenizer, data.read_documents(files), block_size)}
-                ),
+        if cfg.streaming:
+            stream = data.pretrain_stream(tokenizer, files, cfg.block_size, cfg.doc_separator, cfg.grouping)
+            return stream, None, PadCollator(tokenizer.pad_id)
+        with data.main_process_first(args):
+            dataset, stats = data.pretrain_dataset(
+                tokenizer, files, cfg.block_size, cfg.cache_dir, cfg.doc_separator, cfg.grouping, cfg.workers
             )
-        console.log(f"{'reusing cached' if hit else 'tokenized'} dataset: {len(dataset)} blocks of {block_size} tokens")
+        how = "reusing cached" if not stats["tokenized_files"] else "tokenized"
+        console.log(
+            f"{how} dataset: {len(dataset)} blocks of {cfg.block_size} tokens "
+            f"({stats['tokenized_files']} file(s) tokenized, {stats['reused_files']} from the cache)"
+        )
         train_set, eval_set = _split(dataset, cfg.validation_split, cfg.seed)
         return train_set, eval_set, PadCollator(tokenizer.pad_id)
 
     return train(cfg, build, "pretrain")
 
 
-def sft(cfg: TrainConfig) -> dict:
-    """Instruction tuning (`extra`: template, system_prompt, max_seq_length, packing)."""
-    from datasets import Dataset
-
-    template = get_template(cfg.extra.get("template", "llama2-zh"))
-    system = cfg.extra.get("system_prompt")
-    max_len = int(cfg.extra.get("max_seq_length", 512))
-    packing = bool(cfg.extra.get("packing", False))
-    files = data.expand_files(cfg.data, (".json", ".jsonl"))
+def sft(cfg: SftConfig) -> dict:
+    """Instruction tuning (template, system prompt, max_seq_length, packing)."""
+    cfg = _as(SftConfig, cfg)
+    cfg.validate()
+    template = get_template(cfg.template)
+    files = data.expand_files(cfg.data, data.RECORD_SUFFIXES)
 
     def build(tokenizer, args):
-        settings = {"kind": "sft", "template": template.name, "system": system, "max_len": max_len}
-        key = data.cache_key(tokenizer, files, settings)
-        with args.main_process_first(desc="tokenizing"):
-            dataset, hit = data.cached(
-                key,
-                cfg.cache_dir,
-                lambda: Dataset.from_dict(
-                    data.sft_examples(tokenizer, template, data.read_records(files), max_len, system)
-                ),
-            )
-        console.log(f"{'reusing cached' if hit else 'tokenized'} dataset: {len(dataset)} examples")
+        system, max_len = cfg.system_prompt, cfg.max_seq_length
+        if cfg.streaming:
+            stream = data.sft_stream(tokenizer, template, files, max_len, system, packing=cfg.packing)
+            collator = PackedCollator(tokenizer.pad_id) if cfg.packing else PadCollator(tokenizer.pad_id)
+            return stream, None, collator
+        with data.main_process_first(args):
+            dataset, stats = data.sft_dataset(tokenizer, template, files, max_len, system, cfg.cache_dir, cfg.workers)
+        how = "reusing cached" if not stats["tokenized_files"] else "tokenized"
+        console.log(f"{how} dataset: {len(dataset)} examples")
         train_set, eval_set = _split(dataset, cfg.validation_split, cfg.seed)
-        if packing:
-            train_set = Dataset.from_dict(pack(train_set.to_dict(), max_len))
-            if eval_set is not None:
-                eval_set = Dataset.from_dict(pack(eval_set.to_dict(), max_len))
+        if cfg.packing:
+            with data.main_process_first(args):
+                train_set = data.packed(train_set, max_len, cfg.cache_dir, ("train", cfg.validation_split, cfg.seed))
+                if eval_set is not None:
+                    eval_set = data.packed(eval_set, max_len, cfg.cache_dir, ("eval", cfg.validation_split, cfg.seed))
             return train_set, eval_set, PackedCollator(tokenizer.pad_id)
         return train_set, eval_set, PadCollator(tokenizer.pad_id)
 
