@@ -68,7 +68,7 @@ def train(
     if _count_lines(files) == 0:
         raise UserError(f"{', '.join(map(str, files))}: corpus is empty")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(output, force=force) as out_tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "sp"
         try:
             sp.SentencePieceTrainer.train(
@@ -107,7 +107,8 @@ def train(
                     "(raise --vocab-size or lower --character-coverage)"
                 ) from exc
             raise UserError(f"sentencepiece training failed: {message}") from exc
-        shutil.copyfile(f"{prefix}.model", out_tmp)
+        with atomic_path(output, force=force) as out_tmp:  # only once training succeeded
+            shutil.copyfile(f"{prefix}.model", out_tmp)
     pieces = len(spm.load_proto(output).pieces)
     return TrainResult(str(output), pieces, time.perf_counter() - start)
 

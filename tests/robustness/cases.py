@@ -1,0 +1,781 @@
+"""The table of bad-input cases: one row per hostile command line (issue 18).
+
+Each row: an id, the kind of mistake (the issue's categories), the argv built from a case's
+private `Workspace`, the exit code and a regex the single `zhllama: error:` line must match.
+`pending` names the owner whose fix has not landed yet: such rows run as non-strict xfail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from zhllama.core.assets import data_path
+
+KINDS = (
+    "non-utf8",  # non-UTF-8 text where UTF-8 is required
+    "output-is-input",  # output equal to / inside / containing an input, even with --force
+    "option-range",  # a value outside its range, of the wrong type, or unknown
+    "missing-input",  # input file/folder absent or of the wrong kind
+    "corrupt-file",  # truncated / malformed model, adapter, config, data
+    "existing-output",  # output exists (no --force), or is a file where a folder goes
+    "mismatch",  # model / adapter / tokenizer that do not belong together
+    "usage",  # unknown command/option, missing required option, bad --config
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str
+    argv: Callable  # (Workspace) -> list of args
+    match: str  # regex searched in the error line
+    code: int = 2
+    pending: str | None = None  # owner whose fix has not landed
+
+
+# ---- crafted inputs -------------------------------------------------------------------------------
+
+
+def _copy_model(w, path: Path) -> None:
+    shutil.copytree(w.model, path)
+
+
+def model_without(name: str):
+    def build(w, path: Path) -> None:
+        _copy_model(w, path)
+        (path / name).unlink()
+
+    return build
+
+
+def model_with_file(name: str, content: bytes):
+    def build(w, path: Path) -> None:
+        _copy_model(w, path)
+        (path / name).write_bytes(content)
+
+    return build
+
+
+def truncated(keep: Callable[[int], int], name: str = "model.safetensors", source: str = "model"):
+    def build(w, path: Path) -> None:
+        shutil.copytree(getattr(w, source), path)
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[: keep(len(data))])
+
+    return build
+
+
+def header_offsets_past_end(w, path: Path) -> None:
+    """Same size as the real file, but the header claims a tensor ends beyond the file."""
+    _copy_model(w, path)
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    begin, end = header[key]["data_offsets"]
+    header[key]["data_offsets"] = [begin + len(data), end + len(data)]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    weights.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+def index_missing_shard(w, path: Path) -> None:
+    _copy_model(w, path)
+    weights = path / "model.safetensors"
+    weights.rename(path / "model-00001-of-00002.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(path / "model-00001-of-00002.safetensors", "np") as f:
+        keys = list(f.keys())
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in keys}
+    weight_map[keys[-1]] = "model-00002-of-00002.safetensors"
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def adapter_edit(edit: Callable[[dict], None]):
+    def build(w, path: Path) -> None:
+        shutil.copytree(w.lora, path)
+        cfg = path / "adapter_config.json"
+        config = json.loads(cfg.read_text())
+        edit(config)
+        cfg.write_text(json.dumps(config))
+
+    return build
+
+
+def adapter_for_other_base(w, path: Path) -> None:
+    """A LoRA whose A matrices expect hidden size 32 (the tiny model has 64)."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(w.lora, path)
+    tensors = load_file(path / "adapter_model.safetensors")
+    resized = {k: (v[:, :32].copy() if "lora_A" in k else v[:32].copy()) for k, v in tensors.items()}
+    save_file(resized, path / "adapter_model.safetensors")
+
+
+def copy_into(source: str, sub: str):
+    """`in/NAME/`: a folder holding a copy of source `source` as `sub` (an output may not contain it)."""
+
+    def build(w, path: Path) -> None:
+        path.mkdir()
+        src = getattr(w, source)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, path / sub)
+
+    return build
+
+
+def ceval_header_only(w, path: Path) -> None:
+    shutil.copytree(w.ceval, path)
+    for split in ("val", "dev"):
+        for csv in (path / split).glob("*.csv"):
+            csv.write_text(csv.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+
+
+def conversation_turn_not_object(w, path: Path) -> None:
+    path.write_text(json.dumps({"conversations": ["hello", {"from": "gpt", "value": "hi"}]}) + "\n")
+
+
+def _unigram(w, path: Path) -> None:
+    from zhllama.core import vocab
+
+    vocab.train([data_path("corpus_en.txt")], 300, path, model_type="unigram")
+
+
+def _model_file_symlink(w, path: Path) -> None:
+    path.symlink_to(w.model / "model.safetensors")
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+CASES: list[Case] = [
+    # vocab train
+    Case(
+        "vocab-train-non-utf8",
+        "non-utf8",
+        lambda w: ["vocab", "train", "-i", w.bad_text, "--vocab-size", 50, "-o", w.out],
+        r"bad_text\.txt: not UTF-8 text \(byte 25",
+    ),
+    Case(
+        "vocab-train-output-is-corpus",
+        "output-is-input",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300, "-o", w.text, "--force"],
+        r"output is the input .*text\.txt",
+    ),
+    Case(
+        "vocab-train-output-symlink-to-corpus",
+        "output-is-input",
+        lambda w: [
+            "vocab",
+            "train",
+            "-i",
+            w.text,
+            "--vocab-size",
+            300,
+            "-o",
+            w.make("link", lambda w, p: p.symlink_to(w.text)),
+            "--force",
+        ],
+        r"output is the input",
+    ),
+    Case(
+        "vocab-train-output-is-folder",
+        "existing-output",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300, "-o", w.outputs, "--force"],
+        r"existing folder",
+    ),
+    Case(
+        "vocab-train-output-exists",
+        "existing-output",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300, "-o", w.sp],
+        r"exists \(use --force",
+    ),
+    Case(
+        "vocab-train-missing-input",
+        "missing-input",
+        lambda w: ["vocab", "train", "-i", w.inputs / "nope.txt", "--vocab-size", 300, "-o", w.out],
+        r"nope\.txt: no such file",
+    ),
+    Case(
+        "vocab-train-input-is-folder",
+        "missing-input",
+        lambda w: ["vocab", "train", "-i", w.inputs, "--vocab-size", 300, "-o", w.out],
+        r"is a folder",
+    ),
+    Case(
+        "vocab-train-empty-corpus",
+        "corrupt-file",
+        lambda w: ["vocab", "train", "-i", w.empty_text, "--vocab-size", 300, "-o", w.out],
+        r"corpus is empty",
+    ),
+    Case(
+        "vocab-train-vocab-size-0",
+        "option-range",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 0, "-o", w.out],
+        r"--vocab-size: 0",
+    ),
+    Case(
+        "vocab-train-vocab-size-too-large",
+        "option-range",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 100000, "-o", w.out],
+        r"--vocab-size: 100000 is larger than the corpus supports",
+    ),
+    Case(
+        "vocab-train-vocab-size-not-int",
+        "option-range",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", "many", "-o", w.out],
+        r"Invalid value for '--vocab-size'",
+    ),
+    Case(
+        "vocab-train-model-type",
+        "option-range",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300, "--model-type", "wordpiece", "-o", w.out],
+        r"--model-type: 'wordpiece'",
+    ),
+    Case(
+        "vocab-train-character-coverage",
+        "option-range",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300, "--character-coverage", 1.5, "-o", w.out],
+        r"--character-coverage: 1\.5",
+    ),
+    Case(
+        "vocab-train-missing-output-option",
+        "usage",
+        lambda w: ["vocab", "train", "-i", w.text, "--vocab-size", 300],
+        r"Missing option '--output'",
+    ),
+    # vocab merge
+    Case(
+        "vocab-merge-output-is-base-folder",
+        "output-is-input",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "-o", w.base_tok, "--force"],
+        r"output is the input .*base_tok",
+    ),
+    Case(
+        "vocab-merge-output-contains-add",
+        "output-is-input",
+        lambda w: [
+            "vocab",
+            "merge",
+            "--base",
+            w.base_tok,
+            "--add",
+            w.make("dir", copy_into("sp", "zh.model")) / "zh.model",
+            "-o",
+            w.inputs / "dir",
+            "--force",
+        ],
+        r"output contains the input",
+    ),
+    Case(
+        "vocab-merge-output-inside-base",
+        "output-is-input",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "-o", w.base_tok / "merged"],
+        r"output sits inside the input",
+    ),
+    Case(
+        "vocab-merge-base-not-sentencepiece",
+        "corrupt-file",
+        lambda w: ["vocab", "merge", "--base", w.garbage, "--add", w.sp, "-o", w.out],
+        r"garbage\.bin: not a SentencePiece model",
+    ),
+    Case(
+        "vocab-merge-base-folder-without-model",
+        "missing-input",
+        lambda w: ["vocab", "merge", "--base", w.make("empty", lambda w, p: p.mkdir()), "--add", w.sp, "-o", w.out],
+        r"empty: folder holds no tokenizer\.model",
+    ),
+    Case(
+        "vocab-merge-missing-add",
+        "missing-input",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.inputs / "zh.model", "-o", w.out],
+        r"zh\.model: no such file",
+    ),
+    Case(
+        "vocab-merge-unigram-base",
+        "mismatch",
+        lambda w: ["vocab", "merge", "--base", w.make("uni", _unigram, ".model"), "--add", w.sp, "-o", w.out],
+        r"must be a SentencePiece BPE model",
+    ),
+    Case(
+        "vocab-merge-output-not-empty",
+        "existing-output",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "-o", w.tok],
+        r"not empty \(use --force",
+    ),
+    Case(
+        "vocab-merge-output-is-file",
+        "existing-output",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "-o", w.text, "--force"],
+        r"existing file",
+    ),
+    Case(
+        "vocab-merge-empty-pad-token",
+        "option-range",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "--pad-token", "", "-o", w.out],
+        r"--pad-token: must not be empty",
+    ),
+    # vocab stats
+    Case(
+        "vocab-stats-non-utf8",
+        "non-utf8",
+        lambda w: ["vocab", "stats", "-t", w.base_tok, "--text", w.bad_text],
+        r"bad_text\.txt: not UTF-8 text \(byte 25: invalid continuation byte\)",
+    ),
+    Case(
+        "vocab-stats-missing-text",
+        "missing-input",
+        lambda w: ["vocab", "stats", "-t", w.base_tok, "--text", w.inputs / "none.txt"],
+        r"none\.txt: no such file",
+    ),
+    Case(
+        "vocab-stats-text-is-folder",
+        "missing-input",
+        lambda w: ["vocab", "stats", "-t", w.base_tok, "--text", w.inputs],
+        r"is a folder",
+    ),
+    Case(
+        "vocab-stats-empty-text",
+        "corrupt-file",
+        lambda w: ["vocab", "stats", "-t", w.base_tok, "--text", w.empty_text],
+        r"text file is empty",
+    ),
+    Case(
+        "vocab-stats-missing-tokenizer",
+        "missing-input",
+        lambda w: ["vocab", "stats", "-t", w.inputs / "tok-missing", "--text", w.text],
+        r"tok-missing",
+    ),
+    Case(
+        "vocab-stats-tokenizer-garbage",
+        "corrupt-file",
+        lambda w: ["vocab", "stats", "-t", w.garbage, "--text", w.text],
+        r"garbage\.bin",
+    ),
+    # global usage
+    Case("unknown-command", "usage", lambda w: ["vocabulary"], r"No such command 'vocabulary'"),
+    Case("unknown-option", "usage", lambda w: ["vocab", "stats", "--txt", w.text], r"No such option: --txt"),
+    Case(
+        "config-missing",
+        "usage",
+        lambda w: ["--config", w.inputs / "c.yaml", "vocab", "stats"],
+        r"c\.yaml: config file not found",
+    ),
+    Case(
+        "config-invalid-yaml",
+        "usage",
+        lambda w: ["--config", w.broken_yaml, "vocab", "stats"],
+        r"broken_yaml\.yaml: invalid YAML",
+    ),
+    Case(
+        "config-unknown-key",
+        "usage",
+        lambda w: ["--config", w.unknown_key_yaml, "vocab", "stats", "-t", w.tok, "--text", w.text],
+        r"unknown option 'vocab-sise'",
+    ),
+    # merge
+    Case(
+        "merge-output-is-base",
+        "output-is-input",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "-o", w.model, "--force"],
+        r"output is the input .*model",
+    ),
+    Case(
+        "merge-output-is-adapter",
+        "output-is-input",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "-o", w.lora, "--force"],
+        r"output is the input .*lora",
+    ),
+    Case(
+        "merge-output-inside-base",
+        "output-is-input",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "-o", w.model / "merged"],
+        r"output sits inside the input",
+    ),
+    Case(
+        "merge-truncated-base-1000",
+        "corrupt-file",
+        lambda w: ["merge", "--base", w.make("trunc", truncated(lambda n: n - 1000)), "--lora", w.lora, "-o", w.out],
+        r"trunc/model\.safetensors: not a valid safetensors file .*truncated",
+    ),
+    Case(
+        "merge-truncated-base-half",
+        "corrupt-file",
+        lambda w: ["merge", "--base", w.make("half", truncated(lambda n: n // 2)), "--lora", w.lora, "-o", w.out],
+        r"half/model\.safetensors: not a valid safetensors file .*truncated",
+    ),
+    Case(
+        "merge-header-offsets-past-end",
+        "corrupt-file",
+        lambda w: ["merge", "--base", w.make("offsets", header_offsets_past_end), "--lora", w.lora, "-o", w.out],
+        r"offsets/model\.safetensors: not a valid safetensors file",
+    ),
+    Case(
+        "merge-index-missing-shard",
+        "corrupt-file",
+        lambda w: ["merge", "--base", w.make("index", index_missing_shard), "--lora", w.lora, "-o", w.out],
+        r"index\.json: names shard 'model-00002-of-00002\.safetensors', which does not exist",
+    ),
+    Case(
+        "merge-malformed-config",
+        "corrupt-file",
+        lambda w: [
+            "merge",
+            "--base",
+            w.make("badcfg", model_with_file("config.json", b"{not json")),
+            "--lora",
+            w.lora,
+            "-o",
+            w.out,
+        ],
+        r"badcfg/config\.json: malformed",
+    ),
+    Case(
+        "merge-base-without-config",
+        "missing-input",
+        lambda w: ["merge", "--base", w.make("nocfg", model_without("config.json")), "--lora", w.lora, "-o", w.out],
+        r"no config\.json",
+    ),
+    Case(
+        "merge-adapter-without-r",
+        "corrupt-file",
+        lambda w: [
+            "merge",
+            "--base",
+            w.model,
+            "--lora",
+            w.make("nor", adapter_edit(lambda c: c.pop("r"))),
+            "-o",
+            w.out,
+        ],
+        r"nor/adapter_config\.json: 'r' missing",
+    ),
+    Case(
+        "merge-truncated-adapter",
+        "corrupt-file",
+        lambda w: [
+            "merge",
+            "--base",
+            w.model,
+            "--lora",
+            w.make("tlora", truncated(lambda n: n - 100, "adapter_model.safetensors", "lora")),
+            "-o",
+            w.out,
+        ],
+        r"tlora/adapter_model\.safetensors: not a valid safetensors file .*truncated",
+    ),
+    Case(
+        "merge-adapter-other-base",
+        "mismatch",
+        lambda w: ["merge", "--base", w.model, "--lora", w.make("other", adapter_for_other_base), "-o", w.out],
+        r"other.*shape",
+    ),
+    Case(
+        "merge-missing-adapter",
+        "missing-input",
+        lambda w: ["merge", "--base", w.model, "--lora", w.inputs / "no-lora", "-o", w.out],
+        r"no-lora",
+    ),
+    Case(
+        "merge-shard-size-0",
+        "option-range",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "--shard-size", "0", "-o", w.out],
+        r"--shard-size",
+    ),
+    Case(
+        "merge-shard-size-garbage",
+        "option-range",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "--shard-size", "big", "-o", w.out],
+        r"--shard-size: 'big'",
+    ),
+    Case(
+        "merge-dtype",
+        "option-range",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "--dtype", "fp8", "-o", w.out],
+        r"--dtype.*'fp8'",
+    ),
+    Case(
+        "merge-format",
+        "option-range",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "--format", "onnx", "-o", w.out],
+        r"--format: 'onnx'",
+    ),
+    Case(
+        "merge-output-not-empty",
+        "existing-output",
+        lambda w: ["merge", "--base", w.model, "--lora", w.lora, "-o", w.base_tok],
+        r"not empty \(use --force",
+    ),
+    # quantize
+    Case(
+        "quantize-unknown-method",
+        "option-range",
+        lambda w: ["quantize", "3bit", "--model", w.model, "-o", w.out],
+        r"unknown quantizer '3bit'",
+    ),
+    Case(
+        "quantize-gguf-output-is-weights",
+        "output-is-input",
+        lambda w: ["quantize", "gguf", "--model", w.model, "-o", w.model / "model.safetensors", "--force"],
+        r"output is the input",
+        pending="ckpt",
+    ),
+    Case(
+        "quantize-gguf-output-inside-model",
+        "output-is-input",
+        lambda w: ["quantize", "gguf", "--model", w.model, "-o", w.model / "m.gguf"],
+        r"output sits inside the input",
+        pending="ckpt",
+    ),
+    Case(
+        "quantize-gguf-truncated",
+        "corrupt-file",
+        lambda w: [
+            "quantize",
+            "gguf",
+            "--model",
+            w.make("trunc", truncated(lambda n: n - 1000)),
+            "-o",
+            w.outputs / "m.gguf",
+        ],
+        r"trunc/model\.safetensors: not a valid safetensors file .*truncated",
+    ),
+    Case(
+        "quantize-gguf-type",
+        "option-range",
+        lambda w: ["quantize", "gguf", "--model", w.model, "--type", "Q9_9", "-o", w.outputs / "m.gguf"],
+        r"Q9_9",
+    ),
+    Case(
+        "quantize-gguf-output-is-folder",
+        "existing-output",
+        lambda w: ["quantize", "gguf", "--model", w.model, "-o", w.outputs],
+        r"folder",
+    ),
+    Case(
+        "quantize-missing-model",
+        "missing-input",
+        lambda w: ["quantize", "gguf", "--model", w.inputs / "nomodel", "-o", w.outputs / "m.gguf"],
+        r"nomodel",
+    ),
+    Case(
+        "quantize-eval-ppl-non-utf8",
+        "non-utf8",
+        lambda w: ["quantize", "gguf", "--model", w.model, "--eval-ppl", w.bad_text, "-o", w.outputs / "m.gguf"],
+        r"bad_text\.txt: not UTF-8",
+        pending="ckpt",
+    ),
+    # training (train engineer)
+    Case(
+        "pretrain-output-is-model",
+        "output-is-input",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.model, "--force", "--max-steps", 1],
+        r"output is the input",
+        pending="train",
+    ),
+    Case(
+        "pretrain-block-size-0",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--block-size", 0],
+        r"--block-size",
+        pending="train",
+    ),
+    Case(
+        "pretrain-learning-rate-negative",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--learning-rate", -1],
+        r"--learning-rate",
+        pending="train",
+    ),
+    Case(
+        "pretrain-batch-size-0",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--per-device-train-batch-size", 0],
+        r"--per-device-train-batch-size",
+        pending="train",
+    ),
+    Case(
+        "pretrain-grad-accum-0",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--gradient-accumulation-steps", 0],
+        r"--gradient-accumulation-steps",
+        pending="train",
+    ),
+    Case(
+        "pretrain-lora-rank-0",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--lora-rank", 0],
+        r"--lora-rank",
+        pending="train",
+    ),
+    Case(
+        "pretrain-data-dir-with-json",
+        "corrupt-file",
+        lambda w: [
+            "pretrain",
+            "-m",
+            w.model,
+            "-d",
+            w.make("jsondir", copy_into("instructions", "a.json")),
+            "-o",
+            w.out,
+        ],
+        r"a\.json",
+        pending="train",
+    ),
+    Case(
+        "pretrain-non-utf8",
+        "non-utf8",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.bad_text, "-o", w.out, "--max-steps", 1],
+        r"bad_text\.txt: not UTF-8",
+    ),
+    Case(
+        "sft-non-utf8",
+        "non-utf8",
+        lambda w: ["sft", "-m", w.model, "-d", w.bad_text, "-o", w.out, "--max-steps", 1],
+        r"bad_text\.txt: not UTF-8",
+        pending="train",
+    ),
+    Case(
+        "sft-max-seq-length-negative",
+        "option-range",
+        lambda w: ["sft", "-m", w.model, "-d", w.instructions, "-o", w.out, "--max-seq-length", -5],
+        r"--max-seq-length",
+        pending="train",
+    ),
+    Case(
+        "sft-turn-not-object",
+        "corrupt-file",
+        lambda w: ["sft", "-m", w.model, "-d", w.make("conv", conversation_turn_not_object, ".jsonl"), "-o", w.out],
+        r"conv\.jsonl",
+        pending="train",
+    ),
+    Case(
+        "sft-malformed-json",
+        "corrupt-file",
+        lambda w: ["sft", "-m", w.model, "-d", w.bad_json, "-o", w.out, "--max-steps", 1],
+        r"bad_json\.json",
+    ),
+    Case(
+        "sft-adapter-other-base",
+        "mismatch",
+        lambda w: [
+            "sft",
+            "-m",
+            w.model,
+            "-d",
+            w.instructions,
+            "--adapter",
+            w.make("other", adapter_for_other_base),
+            "-o",
+            w.out,
+        ],
+        r"other.*(shape|size|hidden)",
+        pending="train",
+    ),
+    # eval (eval engineer)
+    Case(
+        "eval-ppl-non-utf8",
+        "non-utf8",
+        lambda w: ["eval", "ppl", "-m", w.model, "-d", w.bad_text],
+        r"bad_text\.txt: not UTF-8",
+        pending="eval",
+    ),
+    Case(
+        "eval-ppl-batch-size-0",
+        "option-range",
+        lambda w: ["eval", "ppl", "-m", w.model, "-d", w.text, "--batch-size", 0],
+        r"--batch-size",
+        pending="eval",
+    ),
+    Case(
+        "eval-ppl-stride-beyond-context",
+        "option-range",
+        lambda w: ["eval", "ppl", "-m", w.model, "-d", w.text, "--context", 64, "--stride", 128],
+        r"--stride",
+        pending="eval",
+    ),
+    Case(
+        "eval-ceval-limit-negative",
+        "option-range",
+        lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.out, "--limit", -1],
+        r"--limit",
+        pending="eval",
+    ),
+    Case(
+        "eval-ceval-header-only",
+        "corrupt-file",
+        lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.make("hdr", ceval_header_only), "-o", w.out],
+        r"\.csv",
+        pending="eval",
+    ),
+    Case(
+        "eval-ceval-output-is-file",
+        "existing-output",
+        lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.text],
+        r"text\.txt",
+        pending="eval",
+    ),
+    Case(
+        "eval-ceval-adapter-other-base",
+        "mismatch",
+        lambda w: [
+            "eval",
+            "ceval",
+            "-m",
+            w.model,
+            "--lora",
+            w.make("other", adapter_for_other_base),
+            "--data-dir",
+            w.ceval,
+            "-o",
+            w.out,
+        ],
+        r"other.*(shape|size|hidden)",
+        pending="eval",
+    ),
+    # chat / serve (infer engineer)
+    Case(
+        "chat-adapter-other-base",
+        "mismatch",
+        lambda w: ["chat", "-m", w.model, "--lora", w.make("other", adapter_for_other_base), "-p", "你好"],
+        r"other.*(shape|size|hidden)",
+        pending="infer",
+    ),
+    Case(
+        "chat-missing-model",
+        "missing-input",
+        lambda w: ["chat", "-m", w.inputs / "nomodel", "-p", "你好"],
+        r"nomodel",
+    ),
+    Case(
+        "chat-max-new-tokens-0",
+        "option-range",
+        lambda w: ["chat", "-m", w.model, "--max-new-tokens", 0, "-p", "你好"],
+        r"--max-new-tokens",
+    ),
+    Case(
+        "chat-temperature-negative",
+        "option-range",
+        lambda w: ["chat", "-m", w.model, "--temperature", -1, "-p", "你好"],
+        r"--temperature",
+    ),
+    Case(
+        "serve-port-out-of-range",
+        "option-range",
+        lambda w: ["serve", "-m", w.model, "--port", 70000],
+        r"--port",
+    ),
+    # tiny-model (lead)
+    Case(
+        "tiny-model-output-is-tokenizer",
+        "output-is-input",
+        lambda w: ["tiny-model", "-t", w.tok, "-o", w.tok, "--force"],
+        r"output is the input",
+        pending="lead",
+    ),
+]
