@@ -15,6 +15,13 @@ from zhllama.core.evaluation.runner import McqSettings, run_mcq
 from zhllama.plugins.benchmarks.ceval import CEval
 from zhllama.plugins.benchmarks.cmmlu import CMMLU
 
+# the first three computer_network questions' letter scores, from a run of the seeded tiny model
+PINNED = {
+    "default": [0.4916, 0.1885, -0.0051, -0.0132, 0.5338, 0.2001, 0.0194, -0.0155, 0.5362, 0.1927, 0.0449, 0.0179],
+    "cla2": [2.2601, 0.8761, -0.0538, -0.0348, 2.3752, 0.9074, 0.0219, -0.041, 2.3672, 0.884, 0.0779, 0.0443],
+}
+PINNED_LETTERS = {"default": "A", "cla2": "A"}
+
 
 @pytest.fixture(scope="module")
 def model(tiny_zh_model):
@@ -105,16 +112,25 @@ def test_test_split_writes_official_submission(tmp_path, model):
     assert summary["overall"]["total"] == 0  # no gold answers in a test split
 
 
-def test_generate_mode_records_text_and_extracted_letter(tmp_path, model):
+@pytest.mark.parametrize("style", ["default", "cla2"])
+def test_generate_mode_records_text_and_extracted_letter(tmp_path, model, style):
+    from zhllama.core.evaluation import mcq
+
     run_mcq(
         CEval(),
         model,
         data_path("ceval"),
         tmp_path / "g",
-        McqSettings(mode="generate", subjects="computer_network", limit=2, max_new_tokens=4),
+        McqSettings(mode="generate", subjects="computer_network", limit=3, max_new_tokens=6, prompt_style=style),
     )
-    for record in predictions(tmp_path / "g").values():
-        assert "generated" in record and record["prediction"] in (None, "A", "B", "C", "D")
+    questions = {q.qid: q for q in CEval().load(data_path("ceval"), "val")[0]["computer_network"]}
+    extract = mcq.extract_answer_cla2 if style == "cla2" else mcq.extract_answer
+    records = predictions(tmp_path / "g")
+    assert len(records) == 3
+    for (_, qid), record in records.items():
+        assert isinstance(record["generated"], str) and "scores" not in record
+        assert record["prediction"] == extract(record["generated"], questions[qid].options)
+        assert record["correct"] == int(record["prediction"] == questions[qid].answer)
 
 
 @pytest.mark.shared_data
@@ -223,3 +239,69 @@ def test_longbench_end_to_end(tmp_path, tiny_zh_model, run_cli):
         "dureader",
     )
     assert code == 2 and "dureader.jsonl" in err
+
+
+def test_prefix_reuse_equals_batched_and_single(tmp_path, model):
+    """The engine method: prefix KV reused over a batch == full sequences batched == one at a time."""
+    import torch
+
+    tok = model.tokenizer
+    prefix = tok.encode("以下是中国关于计算机网络考试的单项选择题，请选出其中的正确答案。\n\n", bos=True)
+    suffixes = [
+        tok.encode(t)
+        for t in ("HTTP默认端口是多少？\n答案：", "IPv4\n答案：", "一个更长一些的问题，有很多字。\n答案：")
+    ]
+    reused = model.next_token_logits_with_prefix(prefix, suffixes)
+    batched = model.next_token_logits([prefix + s for s in suffixes])
+    single = torch.cat([model.next_token_logits([prefix + s]) for s in suffixes])
+    assert reused.shape == batched.shape == single.shape
+    torch.testing.assert_close(reused, single, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    again = model.next_token_logits_with_prefix(prefix, suffixes[:1])  # the cached prefix is reused as is
+    torch.testing.assert_close(again[0], single[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("style, template", [("default", None), ("cla2", None), ("cla2", "llama2-zh")])
+def test_prefix_reuse_predictions_identical_to_no_reuse(tmp_path, model, style, template):
+    data = data_path("ceval")
+    runs = {}
+    for name, kwargs in {
+        "reuse": {"prefix_reuse": True},
+        "plain": {"prefix_reuse": False},
+        "single": {"prefix_reuse": False, "batch_size": "1"},
+    }.items():
+        settings = McqSettings(shots=5, prompt_style=style, template=template, **kwargs)
+        run_mcq(CEval(), model, data, tmp_path / name, settings)
+        runs[name] = predictions(tmp_path / name)
+    assert len(runs["reuse"]) == 24
+    for key, record in runs["single"].items():
+        assert runs["reuse"][key]["prediction"] == runs["plain"][key]["prediction"] == record["prediction"]
+        for letter in "ABCD":
+            assert runs["reuse"][key]["scores"][letter] == pytest.approx(record["scores"][letter], abs=1e-3)
+
+
+def test_prefix_plan_groups_each_subject_behind_its_shared_prefix():
+    from zhllama.core.evaluation.runner import common_prefix, logits_plan
+
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == [1, 2]
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]  # every suffix keeps one token
+    from zhllama.core.evaluation.mcq import Question
+
+    def q(subject, i):
+        return Question(subject, str(i), "q", ("a", "b", "c", "d"), "A")
+
+    long = list(range(100, 120))
+    todo = [(q("x", i), long + [i, i], "h") for i in range(3)] + [(q("y", i), [1, i], "h") for i in range(2)]
+    plan = list(logits_plan(todo, McqSettings(batch_size="2")))
+    assert [(len(p), [it[0].subject for it in b]) for p, b in plan] == [(20, ["x", "x"]), (20, ["x"]), (0, ["y", "y"])]
+
+
+def test_tiny_model_predictions_are_pinned(tmp_path, model):
+    """Regression pin: the seeded tiny model's C-Eval letter scores (bundled sample, 2-shot and cla2 5-shot)."""
+    for name, settings in {"default": McqSettings(shots=2), "cla2": McqSettings(shots=5, prompt_style="cla2")}.items():
+        run_mcq(CEval(), model, data_path("ceval"), tmp_path / name, settings)
+        records = predictions(tmp_path / name)
+        first = [records[("computer_network", str(i))] for i in range(3)]
+        got = [round(r["scores"][letter], 4) for r in first for letter in "ABCD"]
+        assert got == pytest.approx(PINNED[name], abs=2e-3)
+        assert [r["prediction"] for r in first] == [PINNED_LETTERS[name]] * 3

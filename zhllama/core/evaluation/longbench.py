@@ -1,68 +1,131 @@
-"""Run LongBench tasks: official prompts, middle truncation to --max-length, greedy generation, scores."""
+"""Run LongBench tasks as CLA2's `scripts/longbench/pred_llama2.py` + `eval.py` do, with greedy decoding.
+
+Prompts longer than `max_length` tokens lose their middle exactly as the reference does it: the
+prompt is encoded with BOS, the first `max_length // 2` ids (BOS among them) and the last
+`max_length // 2` ids are decoded to text and joined, and that text is encoded again (with the
+template when one is used). LongBench-E (`e=True`) reads `{task}_e.jsonl` and reports each task's
+score per length bucket (0-4k, 4-8k, 8k+) besides the overall score.
+Deliberate difference: decoding is greedy (the reference samples at temperature 0.2), so reruns agree.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.errors import UserError, unknown_choice
-from zhllama.core.evaluation.longbench_metrics import score_sample
-from zhllama.core.evaluation.results import PredictionLog, prompt_hash, write_json
+from zhllama.core.evaluation.longbench_metrics import BUCKETS, length_bucket, score_sample
+from zhllama.core.evaluation.results import PredictionLog, check_output_folder, prompt_hash, write_json
+from zhllama.core.schema import option
 
-NO_TEMPLATE_TASKS = ("lsht", "lcc", "repobench-p", "trec", "triviaqa", "samsum")  # as the official pred.py
+NO_TEMPLATE_TASKS = ("trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p")  # the reference's with_inst=auto
+REFERENCE_MAX_LENGTH = 4096 - 512  # pred_llama2.py's default for a 4K model
 
 
-def truncate_middle(ids: list[int], max_length: int) -> list[int]:
-    """Keep the first and last halves when a prompt is longer than `max_length` tokens."""
+@dataclass
+class LongBenchSettings:
+    """The settings of one LongBench run (CLI flags are generated from these fields)."""
+
+    tasks: str | None = option(None, "Comma-separated tasks (default: all with a config).")
+    max_length: int | None = option(
+        None, "Prompt tokens; longer prompts lose their middle (default: the model's context - 512, 3584 at 4K)."
+    )
+    template: str | None = option(
+        None, "Wrap prompts in an sft template (not for trec/triviaqa/samsum/lsht/lcc/repobench-p)."
+    )
+    system_prompt: str | None = option(None, "System prompt inside --template (default: the template's).")
+    limit: int | None = option(None, "At most N samples per task (N >= 1).")
+    e: bool = option(False, "LongBench-E: {task}_e.jsonl files, scores per length bucket (0-4k, 4-8k, 8k+).", "--e")
+
+    def checked(self, configs: dict, context_length: int | None = None) -> LongBenchSettings:
+        """A copy with defaults resolved; raises `UserError` naming the first bad option."""
+        from zhllama.core.templates import template_names
+
+        tasks = [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else list(configs)
+        for task in tasks:
+            if task not in configs:
+                raise unknown_choice("--tasks: LongBench task", task, configs)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit: {self.limit} must be at least 1")
+        if self.template is not None and self.template not in template_names():
+            raise unknown_choice("--template", self.template, template_names())
+        if self.system_prompt is not None and self.template is None:
+            raise UserError("--system-prompt: needs --template")
+        max_length = self.max_length
+        if max_length is not None and max_length < 2:
+            raise UserError(f"--max-length: {max_length} is too small")
+        if context_length:
+            if max_length is None:
+                max_length = max(context_length - 512, context_length // 2)
+            elif max_length > context_length:
+                raise UserError(
+                    f"--max-length: {max_length} is longer than the model's context ({context_length} tokens); "
+                    "extend it with --rope-scaling/--rope-factor (or --context-length)"
+                )
+        return replace(self, tasks=",".join(tasks), max_length=max_length or REFERENCE_MAX_LENGTH)
+
+
+def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
+    """The prompt text, its middle cut as the reference does when it exceeds `max_length` tokens."""
+    ids = tokenizer.encode(prompt, bos=True)
     if len(ids) <= max_length:
-        return ids
+        return prompt
     half = max_length // 2
-    return ids[:half] + ids[len(ids) - (max_length - half) :]
+    return tokenizer.decode(ids[:half], skip_special=True) + tokenizer.decode(ids[-half:], skip_special=True)
 
 
-def build_ids(tokenizer, prompt: str, max_length: int, template, task: str) -> list[int]:
+def build_ids(tokenizer, prompt: str, max_length: int, template, task: str, system: str | None = None) -> list[int]:
     from zhllama.core.templates import Message, encode
 
-    ids = truncate_middle(tokenizer.encode(prompt), max_length)
+    text = truncate_middle(tokenizer, prompt, max_length)
     if template is None or task in NO_TEMPLATE_TASKS:
-        return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids
-    text = tokenizer.decode(ids)
-    full, _ = encode(tokenizer, template.segments([Message("user", text)], add_generation_prompt=True))
+        return tokenizer.encode(text, bos=True)
+    full, _ = encode(tokenizer, template.segments([Message("user", text)], system=system, add_generation_prompt=True))
     return full
 
 
+def load_samples(benchmark, data_dir: Path, settings: LongBenchSettings) -> dict[str, list[dict]]:
+    """task -> samples (every file parsed before the model is loaded)."""
+    out = {}
+    for task in settings.tasks.split(","):
+        samples = benchmark.load(data_dir, task, e=settings.e)
+        if settings.e and any(not isinstance(s.get("length"), int) for s in samples):
+            raise UserError(f"{benchmark.path(data_dir, task, True)}: LongBench-E samples need an integer 'length'")
+        out[task] = samples[: settings.limit]
+    return out
+
+
 def run_longbench(
-    benchmark,
-    model,
-    data_dir: Path,
-    output: Path,
-    tasks: list[str] | None,
-    max_length: int,
-    template_name: str | None,
-    limit: int | None,
-    model_id: str = "",
+    benchmark, model, data_dir: Path, output: Path, settings: LongBenchSettings, model_id: str = "", samples=None
 ) -> dict:
     from zhllama.core.engine import GenerationParams
     from zhllama.core.generation.respond import Reply
     from zhllama.core.templates import get_template
 
-    configs = benchmark.tasks()
-    tasks = tasks or list(configs)
-    for task in tasks:
-        if task not in configs:
-            raise unknown_choice("LongBench task", task, configs)
-    if max_length < 2:
-        raise UserError(f"--max-length: {max_length} is too small")
-    template = get_template(template_name) if template_name else None
+    configs = benchmark.tasks(data_dir)
+    settings = settings.checked(configs, model.context_length)
+    check_output_folder(output, inputs=[Path(data_dir)])
+    samples = samples if samples is not None else load_samples(benchmark, data_dir, settings)
+    template = get_template(settings.template) if settings.template else None
     log = PredictionLog(output / "predictions.jsonl")
-    per_task: dict[str, list[float]] = defaultdict(list)
-    for task in tasks:
+    per_task: dict[str, list[tuple[float, int | None]]] = defaultdict(list)
+    for task, rows in samples.items():
         cfg = configs[task]
-        samples = benchmark.load(data_dir, task)[:limit]
-        key = {"task": task, "model": model_id, "max_length": max_length, "template": template_name}
-        for sample in console.track(samples, f"longbench {task}"):
-            ids = build_ids(model.tokenizer, cfg["prompt"].format(**sample), max_length, template, task)
+        key = {
+            "task": task,
+            "model": model_id,
+            "max_length": settings.max_length,
+            "template": settings.template,
+            "system": settings.system_prompt,
+        }
+        for sample in console.track(rows, f"longbench {task}"):
+            try:
+                prompt = cfg["prompt"].format(**sample)
+            except (KeyError, IndexError) as exc:
+                raise UserError(f"{task}: sample {sample['_id']}: the prompt needs field {exc}") from exc
+            ids = build_ids(model.tokenizer, prompt, settings.max_length, template, task, settings.system_prompt)
             phash = prompt_hash(key, ids)
             if not log.has(task, sample["_id"], phash):
                 params = GenerationParams(
@@ -72,30 +135,47 @@ def run_longbench(
                 )
                 prediction = Reply(model, ids, params).run()
                 score = score_sample(task, prediction, sample["answers"], sample.get("all_classes"))
-                log.append(
-                    [
-                        {
-                            "subject": task,
-                            "id": sample["_id"],
-                            "prompt_hash": phash,
-                            "prediction": prediction,
-                            "answers": sample["answers"],
-                            "score": score,
-                            "length": sample.get("length"),
-                        }
-                    ]
-                )
-            per_task[task].append(log.records[(task, sample["_id"], phash)]["score"])
-    scores = {t: 100.0 * sum(v) / len(v) if v else 0.0 for t, v in per_task.items()}
+                record = {
+                    "subject": task,
+                    "id": sample["_id"],
+                    "prompt_hash": phash,
+                    "prediction": prediction,
+                    "answers": sample["answers"],
+                    "score": score,
+                    "length": sample.get("length"),
+                }
+                log.append([record])
+            done = log.records[(task, sample["_id"], phash)]
+            per_task[task].append((done["score"], sample.get("length")))
+    return summarize_longbench(per_task, configs, settings, output)
+
+
+def summarize_longbench(per_task: dict, configs: dict, settings: LongBenchSettings, output: Path) -> dict:
+    """Scores in percent as the reference's eval.py (per task; per length bucket with --e)."""
+    tasks = {}
+    for task, rows in per_task.items():
+        entry = {"score": 100.0 * sum(s for s, _ in rows) / len(rows) if rows else 0.0, "samples": len(rows)}
+        if settings.e:
+            buckets: dict[str, list[float]] = {b: [] for b in BUCKETS}
+            for score, length in rows:
+                buckets[length_bucket(length)].append(score)
+            entry["buckets"] = {b: (100.0 * sum(v) / len(v) if v else None) for b, v in buckets.items()}
+        tasks[task] = entry
     by_category: dict[str, list[float]] = defaultdict(list)
-    for task, value in scores.items():
-        by_category[configs[task]["category"]].append(value)
+    for task, entry in tasks.items():
+        by_category[configs[task]["category"]].append(entry["score"])
     categories = {c: sum(v) / len(v) for c, v in by_category.items()}
     summary = {
-        "benchmark": "longbench",
-        "tasks": {t: {"score": scores[t], "samples": len(per_task[t])} for t in scores},
+        "benchmark": "longbench-e" if settings.e else "longbench",
+        "tasks": tasks,
         "categories": categories,
         "average": sum(categories.values()) / len(categories) if categories else 0.0,
+        "settings": {"max_length": settings.max_length, "template": settings.template, "e": settings.e},
     }
+    if settings.e:
+        summary["buckets"] = {}
+        for b in BUCKETS:
+            values = [e["buckets"][b] for e in tasks.values() if e["buckets"][b] is not None]
+            summary["buckets"][b] = sum(values) / len(values) if values else None
     write_json(output / "summary.json", summary)
     return summary

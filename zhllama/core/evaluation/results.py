@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 from zhllama.core.atomic import atomic_file
+from zhllama.core.errors import UserError
+
+LOG_NAME = "predictions.jsonl"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_folder(output: Path, inputs: list[Path] = ()) -> None:
+    """Refuse an --output that is a file, holds a non-regular predictions log, or overlaps an input."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: --output is an existing file; it must be a results folder")
+    log = output / LOG_NAME
+    if log.is_symlink() or (log.exists() and not log.is_file()):
+        raise UserError(f"{log}: not a regular file (a symlink or folder); refusing to append through it")
+    resolved = output.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if _inside(resolved, source) or _inside(source, resolved):
+            raise UserError(f"{output}: --output must not be, contain or sit inside the input {item}")
 
 
 def prompt_hash(settings: dict, prompt_ids: list[int]) -> str:
@@ -23,8 +47,15 @@ class PredictionLog:
     def __init__(self, path: Path):
         self.path = path
         self.records: dict[tuple[str, str, str], dict] = {}
+        check_output_folder(path.parent)
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(
+                    f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); not a zhllama predictions log"
+                ) from exc
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
@@ -40,7 +71,13 @@ class PredictionLog:
 
     def append(self, records: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        try:  # O_NOFOLLOW: never append through a symlink put in place after the checks
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise UserError(f"{self.path}: is a symlink; refusing to append through it") from exc
+        with open(fd, "a", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 self.records[self.key(record)] = record

@@ -28,6 +28,7 @@ class QuantizeReport:
     ppl_before: float | None = None
     ppl_after: float | None = None
     ppl_data: str | None = None
+    ppl_backend: str | None = None  # both PPLs are measured through this one backend
 
     @property
     def ratio(self) -> float:
@@ -48,6 +49,34 @@ class QuantizeReport:
             ("ratio", f"{self.ratio:.3f}"),
         ]
         if self.ppl_before is not None:
-            rows += [("PPL before", f"{self.ppl_before:.4f}"), ("PPL after", f"{self.ppl_after:.4f}")]
+            rows += [
+                ("PPL before", f"{self.ppl_before:.4f}"),
+                ("PPL after", f"{self.ppl_after:.4f}"),
+                ("PPL backend", f"{self.ppl_backend} (before and after)"),
+            ]
         rows += [("output", self.output), ("seconds", f"{self.seconds:.1f}")]
         return rows
+
+
+def check_ppl_data(data: Path, context: int) -> None:
+    """`--eval-ppl` / `--ppl-context` checked before anything is written."""
+    from zhllama.core.perplexity import check_window, read_text
+
+    check_window(context, None)
+    read_text(data)
+
+
+def measure_ppl(report: QuantizeReport, model: Path, output: Path, data: Path, context: int) -> None:
+    """PPL before and after through the same backend, so the difference is the quantization's.
+
+    transformers reads both sides: the source folder, and the result (a bnb/GPTQ folder, or a
+    .gguf dequantized by transformers and tokenized with the source model's tokenizer). Mixing
+    backends (transformers before, llama.cpp after) adds the backends' own difference (~0.5 PPL on
+    an F16 conversion) to the figure.
+    """
+    from zhllama.core.perplexity import perplexity
+
+    before = perplexity(model, data, context=context, backend="transformers")
+    after = perplexity(output, data, context=context, tokenizer=model, backend="transformers")
+    report.ppl_before, report.ppl_after = before.perplexity, after.perplexity
+    report.ppl_data, report.ppl_backend = str(data), "transformers"

@@ -13,6 +13,12 @@ class CEval(Exam):
     splits = ("val", "test", "dev")
     columns = {"id": "id", "question": "question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "answer"}
 
+    @classmethod
+    def typer_command(cls):
+        from zhllama.cli.commands.eval.ceval import command
+
+        return command
+
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         # official format: {subject: [English name, Chinese name, category]}
         return read_mapping(

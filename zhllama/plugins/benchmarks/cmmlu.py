@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
 from zhllama.plugins.benchmarks.exams import Exam, read_mapping
 
@@ -28,7 +27,15 @@ class CMMLU(Exam):
     name = "cmmlu"
     description = "CMMLU multiple-choice exam (67 subjects; dev/test splits)"
     splits = ("test", "dev")
+    prompt_styles = ("default", "cla2", "official")
+    cla2_system = "你是一个乐于助人的助手。"  # the CLA2 CMMLU evaluator's (Chinese sentence only)
     columns = {"id": "", "question": "Question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "Answer"}
+
+    @classmethod
+    def typer_command(cls):
+        from zhllama.cli.commands.eval.cmmlu import command
+
+        return command
 
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         return read_mapping(data_dir / "subject_mapping.json", "cmmlu_subjects.json", _from_official)
@@ -42,6 +49,4 @@ class CMMLU(Exam):
     def header(self, subject: str, names: dict[str, str], style: str) -> str:
         if style == "official":
             return mcq.CMMLU_OFFICIAL_HEADER.format(subject=names[subject])
-        if style not in ("default", "cla2"):
-            raise UserError(f"--prompt-style: '{style}' is not one of default, cla2, official for cmmlu")
         return super().header(subject, names, style)

@@ -8,9 +8,10 @@ from pathlib import Path
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
+from zhllama.core.plugin_api import BenchmarkPlugin
 
 
-class Exam:
+class Exam(BenchmarkPlugin):
     """A multiple-choice benchmark plugin; subclasses describe their file layout."""
 
     name = ""
@@ -18,9 +19,18 @@ class Exam:
     requires: tuple[str, ...] = ()
     install_hint = ""
     kind = "mcq"
-    splits: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()  # the first is the default
+    prompt_styles: tuple[str, ...] = ("default", "cla2")
+    cla2_system = "You are a helpful assistant. 你是一个乐于助人的助手。"  # the CLA2 C-Eval evaluator's
     shipped_mapping = ""
     columns: dict[str, str] = {}
+
+    @classmethod
+    def typer_command(cls):
+        """`zhllama eval NAME` for this exam (built lazily; the CLI imports no torch)."""
+        from zhllama.cli.commands.eval.exam import make_exam_command
+
+        return make_exam_command(cls.name)
 
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         """subject -> (Chinese name, category); a mapping file in the data folder wins over the shipped one."""
@@ -33,10 +43,7 @@ class Exam:
         raise NotImplementedError
 
     def header(self, subject: str, names: dict[str, str], style: str) -> str:
-        if style == "cla2":
-            return mcq.CEVAL_HEADER.format(subject=subject)
-        if style not in ("default",):
-            raise UserError(f"--prompt-style: '{style}' is not one of default, cla2 for {self.name}")
+        """The subject header of `--prompt-style default` (cla2 prompts are built by `mcq.cla2_prompt`)."""
         return mcq.CEVAL_HEADER.format(subject=names[subject])
 
     def load(self, data_dir: Path, split: str):
@@ -55,12 +62,12 @@ class Exam:
             raise UserError(
                 f"{self.split_file(data_dir, split, unknown[0])}: subject '{unknown[0]}' is not in the subject mapping"
             )
-        questions = {
-            s: mcq.read_csv_questions(
-                self.split_file(data_dir, split, s), s, self.columns, require_answer=split != "test"
-            )
-            for s in subjects
-        }
+        questions = {}
+        for s in subjects:
+            path = self.split_file(data_dir, split, s)
+            questions[s] = mcq.read_csv_questions(path, s, self.columns, require_answer=split != "test")
+            if not questions[s]:
+                raise UserError(f"{path}: no questions (only a header); remove the file or fill it")
         dev = {}
         for s in subjects:
             dev_file = self.split_file(data_dir, "dev", s)
@@ -75,5 +82,7 @@ def read_mapping(local: Path, shipped: str, convert) -> dict[str, tuple[str, str
     path = local if local.is_file() else data_path("benchmarks", shipped)
     try:
         return convert(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UserError(f"{path}: not a valid subject mapping ({exc})") from exc

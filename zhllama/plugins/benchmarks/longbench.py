@@ -1,4 +1,9 @@
-"""LongBench (v1), Chinese and code tasks: `{task}.jsonl` in the official format."""
+"""LongBench (v1): `{task}.jsonl` (LongBench-E: `{task}_e.jsonl`) in the official format.
+
+The Chinese and code tasks' prompts ship with zhllama; the official `dataset2prompt.json` and
+`dataset2maxlen.json` in the data folder (as in the LongBench repo) add or replace task configs,
+which is how the English tasks are run.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,83 @@ from pathlib import Path
 
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
+from zhllama.core.plugin_api import BenchmarkPlugin
 
 FIELDS = ("input", "context", "answers")
+CATEGORIES = {  # the LongBench paper's task groups
+    "single-doc": ("narrativeqa", "qasper", "multifieldqa_en", "multifieldqa_zh"),
+    "multi-doc": ("hotpotqa", "2wikimqa", "musique", "dureader"),
+    "summarization": ("gov_report", "qmsum", "multi_news", "vcsum"),
+    "few-shot": ("trec", "triviaqa", "samsum", "lsht"),
+    "synthetic": ("passage_count", "passage_retrieval_en", "passage_retrieval_zh"),
+    "code": ("lcc", "repobench-p"),
+}
+CATEGORY_OF = {task: category for category, tasks in CATEGORIES.items() for task in tasks}
 
 
-class LongBench:
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from exc
+
+
+class LongBench(BenchmarkPlugin):
     name = "longbench"
-    description = "LongBench Chinese + code tasks (dureader, multifieldqa_zh, vcsum, lsht, passage_retrieval_zh, lcc, repobench-p)"
-    requires = ("jieba", "rapidfuzz")
-    install_hint = "pip install jieba rapidfuzz"
+    description = "LongBench (v1) and LongBench-E: Chinese + code tasks shipped, English with the official configs"
+    requires = ("jieba", "rouge")
+    install_hint = "pip install jieba rouge"
     kind = "longbench"
 
-    def tasks(self) -> dict[str, dict]:
-        """task -> {prompt, max_new_tokens, category} (the official configs' values, shipped)."""
-        return json.loads(data_path("benchmarks", "longbench_tasks.json").read_text(encoding="utf-8"))
+    @classmethod
+    def typer_command(cls):
+        from zhllama.cli.commands.eval.longbench import command
 
-    def load(self, data_dir: Path, task: str) -> list[dict]:
-        path = Path(data_dir) / f"{task}.jsonl"
+        return command
+
+    def tasks(self, data_dir: Path | None = None) -> dict[str, dict]:
+        """task -> {prompt, max_new_tokens, category}: shipped configs, then the data folder's official ones."""
+        configs = _read_json(data_path("benchmarks", "longbench_tasks.json"))
+        if data_dir is None:
+            return configs
+        prompts_file, maxlen_file = Path(data_dir) / "dataset2prompt.json", Path(data_dir) / "dataset2maxlen.json"
+        if prompts_file.is_file() != maxlen_file.is_file():
+            missing = maxlen_file if prompts_file.is_file() else prompts_file
+            raise UserError(f"{missing}: missing (the official configs come as a pair)")
+        if prompts_file.is_file():
+            prompts, maxlen = _read_json(prompts_file), _read_json(maxlen_file)
+            for task, prompt in prompts.items():
+                if task not in CATEGORY_OF:
+                    continue  # not a LongBench v1 task this tool has a metric for
+                if not isinstance(maxlen.get(task), int) or not isinstance(prompt, str):
+                    raise UserError(f"{maxlen_file}: no integer max length for task '{task}'")
+                configs[task] = {"prompt": prompt, "max_new_tokens": maxlen[task], "category": CATEGORY_OF[task]}
+        return configs
+
+    @staticmethod
+    def path(data_dir: Path, task: str, e: bool = False) -> Path:
+        return Path(data_dir) / f"{task}{'_e' if e else ''}.jsonl"
+
+    def load(self, data_dir: Path, task: str, e: bool = False) -> list[dict]:
+        path = self.path(data_dir, task, e)
         if not path.is_file():
-            raise UserError(f"{path}: no such file (LongBench data is {{task}}.jsonl in --data-dir)")
+            raise UserError(f"{path}: no such file (LongBench data is {{task}}{'_e' if e else ''}.jsonl in --data-dir)")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
         samples = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for n, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}: line {n + 1}: malformed JSON ({exc.msg})") from exc
+            if not isinstance(sample, dict):
+                raise UserError(f"{path}: line {n + 1}: not a JSON object")
             missing = [f for f in FIELDS if f not in sample]
             if missing:
                 raise UserError(f"{path}: line {n + 1}: missing field '{missing[0]}'")
@@ -41,4 +96,6 @@ class LongBench:
                 raise UserError(f"{path}: line {n + 1}: 'answers' must be a list")
             sample.setdefault("_id", str(n))
             samples.append(sample)
+        if not samples:
+            raise UserError(f"{path}: no samples")
         return samples
