@@ -9,6 +9,7 @@ Folders without a SentencePiece model (e.g. GPT-2-style BPE) use the HF tokenize
 
 from __future__ import annotations
 
+import re
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -91,10 +92,64 @@ class ZhTokenizer:
                 return candidate
         return 0
 
-    # ---- text ------------------------------------------------------------------------------
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Token ids of `text`; special-token strings in the text are plain text."""
+    # ---- special tokens and the chat template ----------------------------------------------
+    @cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Text -> id of every token that text never produces by itself: the tokenizer's added
+        tokens (`<|im_start|>`...), BOS/EOS/UNK/PAD and SentencePiece control pieces."""
+        out: dict[str, int] = {}
         if self.sp is not None:
+            for idx in range(self.sp.get_piece_size()):
+                if self.sp.is_control(idx) or self.sp.is_unknown(idx):
+                    out[self.sp.id_to_piece(idx)] = idx
+        if self.hf is not None:
+            for idx, token in self.hf.added_tokens_decoder.items():
+                out[token.content] = idx
+        return out
+
+    @cached_property
+    def special_tokens_map(self) -> dict[str, str]:
+        """The special-token variables a chat template sees (`bos_token`, `eos_token`, ...)."""
+        if self.hf is not None:
+            return {k: v for k, v in self.hf.special_tokens_map.items() if isinstance(v, str)}
+        names = {"bos_token": self.bos_id, "eos_token": self.eos_id, "unk_token": self.unk_id}
+        return {k: self.sp.id_to_piece(v) for k, v in names.items() if v is not None}
+
+    @cached_property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (tokenizer_config.json `chat_template` or chat_template.jinja)."""
+        template = getattr(self.hf, "chat_template", None) if self.hf is not None else None
+        if isinstance(template, dict):
+            template = template.get("default")
+        if not template and self.path.is_dir() and (self.path / "chat_template.jinja").is_file():
+            template = (self.path / "chat_template.jinja").read_text(encoding="utf-8")
+        return template if isinstance(template, str) and template.strip() else None
+
+    @cached_property
+    def _special_pattern(self) -> re.Pattern | None:
+        tokens = sorted(self.special_tokens, key=len, reverse=True)
+        return re.compile("(" + "|".join(re.escape(t) for t in tokens) + ")") if tokens else None
+
+    def _encode_special(self, text: str) -> list[int]:
+        """`text` with special-token strings read as those tokens, as `apply_chat_template` tokenizes."""
+        if self.sp is None:
+            return self.hf.encode(text, add_special_tokens=False)
+        if self._special_pattern is None:
+            return self.sp.encode(text)
+        ids: list[int] = []
+        for i, part in enumerate(self._special_pattern.split(text)):
+            if i % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    # ---- text ------------------------------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in the text are plain text unless `special`."""
+        if special:
+            ids = self._encode_special(text)
+        elif self.sp is not None:
             ids = self.sp.encode(text)
         else:
             ids = self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)

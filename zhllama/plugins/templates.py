@@ -1,10 +1,13 @@
-"""Built-in prompt templates of the Chinese-LLaMA-Alpaca projects (plus ChatML and none)."""
+"""Built-in prompt templates of the Chinese-LLaMA-Alpaca projects (plus ChatML and none).
+
+The model's own chat template (`--template auto`/`hf`) is `zhllama.core.templates.ChatTemplate`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zhllama.core.templates import BOS, EOS, Message, Segment, Template
+from zhllama.core.templates import BOS, EOS, Message, Segment, Special, Template
 
 
 class Alpaca(Template):
@@ -45,19 +48,20 @@ class Llama2Zh(Template):
 
 class ChatML(Template):
     name = "chatml"
-    description = "ChatML (<|im_start|>role ... <|im_end|>)"
+    description = "ChatML (<|im_start|>role ... <|im_end|> as special tokens; no BOS/EOS)"
     default_system = "You are a helpful assistant."
     stop_strings = ("<|im_end|>",)
+    stop_tokens = ("<|im_end|>",)
 
     def segments(self, messages: Sequence[Message], system=None, add_generation_prompt=False):
         _system, turns = self.split_turns(messages)
         system = system if system is not None else (_system if _system is not None else self.default_system)
-        segs: list[Segment] = [BOS]
-        for i, (user, answer) in enumerate(turns):
-            head = f"<|im_start|>system\n{system}<|im_end|>\n" if i == 0 else "\n"
-            segs.append(Segment(f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"))
+        start, end = Special("<|im_start|>"), Special("<|im_end|>")
+        segs: list[Segment] = [start, Segment(f"system\n{system}"), end, Segment("\n")]
+        for user, answer in turns:
+            segs += [start, Segment(f"user\n{user}"), end, Segment("\n"), start, Segment("assistant\n")]
             if answer is not None:
-                segs += [Segment(f"{answer}<|im_end|>", train=True), EOS(train=True)]
+                segs += [Segment(answer, train=True), Special("<|im_end|>", train=True), Segment("\n", train=True)]
         return segs
 
 

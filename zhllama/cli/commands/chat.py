@@ -28,7 +28,14 @@ Engine = Annotated[
     str | None, typer.Option("--engine", help="transformers, llamacpp or vllm (default: from the model path).")
 ]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="float32 (default), bfloat16 or float16.")]
-TemplateName = Annotated[str, typer.Option("--template", help="Prompt template (`none` for base models).")]
+TemplateName = Annotated[
+    str,
+    typer.Option(
+        "--template",
+        help="Prompt template: auto (the model's own chat template, else llama2-zh), hf (the model's own, "
+        "required), or a name from `zhllama plugins` (llama2-zh, alpaca, chatml, none for base models).",
+    ),
+]
 SystemPrompt = Annotated[str | None, typer.Option("--system-prompt", help="System prompt (default: the template's).")]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens per answer.")]
 Temperature = Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (0 = greedy).")]
@@ -150,7 +157,7 @@ def chat(
     load: Load = None,
     engine: Engine = None,
     dtype: Dtype = None,
-    template: TemplateName = "llama2-zh",
+    template: TemplateName = "auto",
     system_prompt: SystemPrompt = None,
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.2,

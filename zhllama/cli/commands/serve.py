@@ -58,7 +58,7 @@ def serve(
     load: Load = None,
     engine: Engine = None,
     dtype: Dtype = None,
-    template: TemplateName = "llama2-zh",
+    template: TemplateName = "auto",
     system_prompt: SystemPrompt = None,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", min=1, help="max_tokens when a request omits it.")

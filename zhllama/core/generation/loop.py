@@ -3,8 +3,8 @@
 An engine supplies a *session*: an object holding one sequence's KV cache with
 `feed(ids, all_logits=False)` (append ids, return the logits after the last one, or after each
 one) and `rollback(length)` (forget everything after `length` tokens; speculative decoding needs
-it). The loop samples, stops at EOS / stop ids / stop strings / the limit, and yields ids as soon
-as they are chosen, so a consumer that stops iterating (Ctrl-C, a closed HTTP connection) stops
+it). The loop samples, asks the shared `Stopper` (EOS / stop ids / stop strings / the limit), and
+yields ids as soon as they are chosen, so a consumer that stops iterating (Ctrl-C, a closed HTTP connection) stops
 the generation there.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from zhllama.core.engine import GenerationParams
 from zhllama.core.generation.sampling import Sampler
-from zhllama.core.generation.stopping import TextStream, stop_ids, stop_strings
+from zhllama.core.generation.stopping import Stopper
 
 
 class Session(Protocol):
@@ -27,23 +27,33 @@ class Session(Protocol):
 
 
 def decode(
-    session: Session, tokenizer, prompt_ids: Sequence[int], params: GenerationParams, extra_stops: Iterable[int] = ()
+    session: Session,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    params: GenerationParams,
+    extra_stops: Iterable[int] = (),
+    stopper: Stopper | None = None,
+    sampler: Sampler | None = None,
 ) -> Iterator[int]:
-    """Yield generated token ids (EOS and stop ids are not yielded; a stop string's tokens are)."""
+    """Yield generated token ids (EOS and stop ids are not yielded; a stop string's tokens are).
+
+    `stopper` (default: a new one) decides when to stop; a caller that passes its own reads the
+    text and finish reason from it. `sampler` defaults to `Sampler(params)`.
+    """
     if not prompt_ids:
         raise ValueError("empty prompt: at least one token (BOS) is needed")
-    sampler = Sampler(params)
-    ends = stop_ids(tokenizer, params, extra_stops)
-    text = TextStream(tokenizer, stop_strings(params))
+    sampler = sampler or Sampler(params)
+    stopper = stopper or Stopper(tokenizer, params, extra_stops)
     ids = list(prompt_ids)
     logits = session.feed(ids)
-    for produced in range(1, params.max_new_tokens + 1):
+    while True:
         token = sampler(ids, logits)
-        if token in ends:
+        if stopper.is_end(token):
             return
+        stopper.record(token, logits)
+        stopper.push(token)
         yield token
         ids.append(token)
-        text.push(token)
-        if text.stopped or produced == params.max_new_tokens:
+        if stopper.done:
             return
         logits = session.feed([token])

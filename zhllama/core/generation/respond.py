@@ -1,9 +1,9 @@
-"""One answer from a loaded model as text chunks: what `chat` prints and `serve` streams.
+"""One answer from a loaded model as text chunks: what `chat` prints, `serve` streams, `eval` scores.
 
-`Reply` runs the token generator (plain or speculative), turns ids into final text with
-`TextStream` and records the counts an API response needs. Iterating it yields text chunks as
-soon as they are final; leaving the loop early (Ctrl-C) or `cancel()` from another thread (a closed
-connection) stops generation after the current token.
+`Reply` runs the token generator (plain loop, speculative, or an engine's own) with one shared
+`Stopper`, so each generated id is detokenized once and the stop rule lives in one place.
+Iterating it yields text chunks as soon as they are final; leaving the loop early (Ctrl-C) or
+`cancel()` from another thread (a closed connection) stops generation after the current token.
 """
 
 from __future__ import annotations
@@ -12,47 +12,91 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from zhllama.core.engine import GenerationParams, LoadedModel
-from zhllama.core.generation.stopping import TextStream, stop_strings
+from zhllama.core.generation.loop import decode
+from zhllama.core.generation.sampling import Sampler
+from zhllama.core.generation.stopping import Stopper
 
 
-def with_template_stops(params: GenerationParams, template) -> GenerationParams:
-    """`params` plus the template's end markers as stop strings."""
+def with_template_stops(params: GenerationParams, template, tokenizer=None) -> GenerationParams:
+    """`params` plus the template's end markers: its stop strings, and its end tokens' ids."""
+    from zhllama.core.templates import stop_token_ids
+
     extra = tuple(getattr(template, "stop_strings", ()) or ())
-    return replace(params, stop_strings=tuple(dict.fromkeys((*params.stop_strings, *extra))))
+    ids = stop_token_ids(template, tokenizer) if tokenizer is not None else ()
+    return replace(
+        params,
+        stop_strings=tuple(dict.fromkeys((*params.stop_strings, *extra))),
+        stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids, *ids))),
+    )
 
 
 class Reply:
-    def __init__(self, model: LoadedModel, prompt_ids: Sequence[int], params: GenerationParams, decoder=None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        decoder=None,
+        guidance=None,
+        logprobs: int | None = None,
+    ):
         self.model = model
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.decoder = decoder  # a SpeculativeDecoder, or None for plain decoding
+        self.guidance = guidance  # a `guidance.Guidance` (classifier-free guidance), or None
+        self.stopper = Stopper(model.tokenizer, params, getattr(model, "extra_stops", ()), logprobs)
+        self.stream = self.stopper.stream
         self.token_ids: list[int] = []
-        self.stream = TextStream(model.tokenizer, stop_strings(params))
-        self.finish_reason = "stop"
         self.cancelled = False
 
     def cancel(self) -> None:
         """Stop after the current token (called from another thread, e.g. on a client disconnect)."""
         self.cancelled = True
 
+    def _tokens(self) -> Iterator[int]:
+        if self.decoder is not None:
+            return self.decoder.generate(self.prompt_ids, self.params, self.stopper)
+        if hasattr(self.model, "session"):
+            pre = (self.guidance.processor(self.model),) if self.guidance is not None else ()
+            sampler = Sampler(self.params, pre=pre)
+            return decode(
+                self.model.session(), self.model.tokenizer, self.prompt_ids, self.params, (), self.stopper, sampler
+            )
+        return self._engine_tokens()
+
+    def _engine_tokens(self) -> Iterator[int]:
+        """An engine with its own loop (vLLM): its ids go through the same stop rule."""
+        for token in self.model.generate(self.prompt_ids, self.params):
+            if self.stopper.is_end(token):
+                return
+            self.stopper.push(token)
+            yield token
+            if self.stopper.done:
+                return
+
     def __iter__(self) -> Iterator[str]:
-        source = (self.decoder or self.model).generate(self.prompt_ids, self.params)
+        source = self._tokens()
+        shown = 0
         try:
             for token in source:
                 if self.cancelled:
                     return
                 self.token_ids.append(token)
-                chunk = self.stream.push(token)
-                if chunk:
-                    yield chunk
+                final = self.stream.final
+                if len(final) > shown:
+                    yield final[shown:]
+                    shown = len(final)
         finally:
             source.close()
-        if not self.stream.stopped and len(self.token_ids) >= self.params.max_new_tokens:
-            self.finish_reason = "length"
-        rest = self.stream.finish()
-        if rest:
-            yield rest
+        self.stream.finish()
+        final = self.stream.final
+        if len(final) > shown:
+            yield final[shown:]
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stopper.finish_reason or "stop"
 
     @property
     def text(self) -> str:

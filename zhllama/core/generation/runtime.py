@@ -13,9 +13,10 @@ from pathlib import Path
 from zhllama.core import console
 from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions, open_model
 from zhllama.core.errors import UserError
+from zhllama.core.generation.guidance import Guidance, check_scale, make_guidance
 from zhllama.core.generation.respond import Reply, with_template_stops
 from zhllama.core.generation.speculative import SpeculativeDecoder, parse_draft_k
-from zhllama.core.templates import Message, Template, encode, get_template
+from zhllama.core.templates import Message, Template, check_template_name, encode, resolve_template
 
 
 @dataclass
@@ -38,14 +39,38 @@ class ChatRuntime:
         """A raw completion prompt (no template): BOS + the text."""
         return self.model.tokenizer.encode(prompt, bos=True)
 
-    def reply(self, prompt_ids: Sequence[int], params: GenerationParams) -> Reply:
+    def reply(
+        self,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        guidance: Guidance | None = None,
+        logprobs: int | None = None,
+    ) -> Reply:
         """A `Reply` whose answer is cut where the context ends (never past what the model can hold)."""
         room = self.model.context_length - len(prompt_ids)
         if room < 1:
             raise UserError(f"the prompt is {len(prompt_ids)} tokens; the context holds {self.model.context_length}")
         if params.max_new_tokens > room:
             params = replace(params, max_new_tokens=room)
-        return Reply(self.model, prompt_ids, with_template_stops(params, self.template), self.decoder)
+        if guidance is not None and self.decoder is not None:
+            raise UserError("--guidance-scale: cannot be combined with --draft-model (speculative decoding)")
+        if logprobs is not None and not hasattr(self.model, "session"):
+            raise UserError("logprobs: this engine does not report log-probabilities")
+        params = with_template_stops(params, self.template, self.model.tokenizer)
+        return Reply(self.model, prompt_ids, params, self.decoder, guidance=guidance, logprobs=logprobs)
+
+    def guidance(self, scale: float | None, negative_prompt: str | None = None) -> Guidance | None:
+        """Classifier-free guidance settings; the negative prompt is rendered with the template,
+        as Chinese-LLaMA-Alpaca-2 does (a user message, same system prompt)."""
+        check_scale(scale)
+        if negative_prompt is not None and scale is None:
+            raise UserError("--negative-prompt: give --guidance-scale too")
+        if scale is None or scale == 1.0:
+            return None
+        if not callable(getattr(getattr(self.model, "model", None), "forward", None)):
+            raise UserError("--guidance-scale: classifier-free guidance needs the transformers engine")
+        negative = self.prompt_ids([Message("user", negative_prompt)]) if negative_prompt else None
+        return make_guidance(scale, negative)
 
     def history_budget(self, max_new_tokens: int) -> int:
         """Prompt tokens a conversation may use so the answer still fits the context."""
@@ -62,16 +87,21 @@ def load_runtime(
     model: Path,
     options: LoadOptions,
     engine: str | None = None,
-    template: str = "llama2-zh",
+    template: str = "auto",
     system: str | None = None,
     draft_model: Path | None = None,
     draft_k: str = "auto",
 ) -> ChatRuntime:
-    chosen = get_template(template)  # fail on bad names and values before the slow model load
+    check_template_name(template)  # fail on bad names and values before the slow model load
     if draft_model is not None:
         parse_draft_k(draft_k)
     console.log(f"loading {model} ...")
     loaded = open_model(model, engine, options)
+    try:
+        chosen = resolve_template(template, loaded.tokenizer)
+    except BaseException:
+        loaded.close()
+        raise
     runtime = ChatRuntime(loaded, chosen, Path(model).name, system=system)
     if draft_model is not None:
         console.log(f"loading draft model {draft_model} ...")

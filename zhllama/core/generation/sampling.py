@@ -19,7 +19,7 @@ def is_greedy(params: GenerationParams) -> bool:
 class Sampler:
     """Turns the logits after `ids` into one token id; draws come from a private seeded generator."""
 
-    def __init__(self, params: GenerationParams):
+    def __init__(self, params: GenerationParams, pre: Sequence = ()):
         import torch
         from transformers import (
             RepetitionPenaltyLogitsProcessor,
@@ -29,7 +29,7 @@ class Sampler:
         )
 
         self.greedy = is_greedy(params)
-        procs = []
+        procs = list(pre)  # e.g. classifier-free guidance, first as in transformers' generate
         if params.repetition_penalty and params.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if not self.greedy:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from zhllama.core.engine import GenerationParams
 from zhllama.core.errors import UserError
 from zhllama.core.generation.sampling import Sampler
-from zhllama.core.generation.stopping import TextStream, stop_ids, stop_strings
+from zhllama.core.generation.stopping import Stopper
 
 AUTO_START_K = 4
 MAX_K = 16
@@ -76,10 +76,11 @@ class SpeculativeDecoder:
         self.draft_k = parse_draft_k(draft_k)
         self.stats = SpeculativeStats()
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
+    def generate(
+        self, prompt_ids: Sequence[int], params: GenerationParams, stopper: Stopper | None = None
+    ) -> Iterator[int]:
         sampler = Sampler(params)
-        ends = stop_ids(self.target.tokenizer, params, getattr(self.target, "extra_stops", ()))
-        text = TextStream(self.target.tokenizer, stop_strings(params))
+        stopper = stopper or Stopper(self.target.tokenizer, params, getattr(self.target, "extra_stops", ()))
         ids = list(prompt_ids)
         target, draft = self.target.session(), self.draft.session()
         if len(ids) > 1:
@@ -100,14 +101,15 @@ class SpeculativeDecoder:
                     token, agreed = sampler.choose(scores), False
                 else:
                     token, agreed = verify(sampler, scores, proposals[j], draft_probs[j])
-                if token in ends:
+                if stopper.is_end(token):
                     return
+                stopper.record(token, rows[j])
+                stopper.push(token)
                 yield token
                 ids.append(token)
                 produced += 1
                 self.stats.emitted += 1
-                text.push(token)
-                if text.stopped or produced >= params.max_new_tokens:
+                if stopper.done:
                     self.stats.accepted += accepted
                     return
                 if not agreed:

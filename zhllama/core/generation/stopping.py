@@ -1,5 +1,9 @@
 """When to stop and what text to show: EOS / end-marker ids, stop strings, incremental detokenizing.
 
+`Stopper` is the one stop rule every decoding path uses (the plain loop, speculative decoding, the
+`Reply` that chat/serve/eval consume): it sees each generated id once, decodes it once, and says
+whether generation is over and why (`finish_reason`: "stop" or "length").
+
 `TextStream` is fed token ids as they are generated and returns only text that is final: it holds
 back an incomplete UTF-8 character and any tail that could still become a stop string, and cuts the
 text at the first stop string, so nothing after `</s>` or a template end marker is ever shown.
@@ -68,6 +72,11 @@ class TextStream:
         self.emitted = end
         return delta
 
+    @property
+    def final(self) -> str:
+        """The text released so far (what `push` has returned, concatenated)."""
+        return self._text[: self.emitted]
+
     def finish(self) -> str:
         """The held-back rest once generation is over (still cut at a stop string)."""
         cut = self._cut(self._text)
@@ -81,3 +90,51 @@ class TextStream:
         """The whole final text so far (cut at the first stop string)."""
         cut = self._cut(self._text)
         return self._text if cut is None else self._text[:cut]
+
+
+class Stopper:
+    """One generation's stop state: end ids, stop strings (through `TextStream`), the token limit.
+
+    A decoding loop calls `is_end(token)` before emitting a token (EOS and stop ids are never
+    emitted) and `push(token)` after; `done` then says whether to stop. Consumers read the final
+    text from `stream` (`stream.final`), so every token is detokenized exactly once.
+    With `logprobs` set, `record(token, logits)` keeps each token's log-probability and the top
+    `logprobs` alternatives (of the model's own distribution, before sampling settings).
+    """
+
+    def __init__(self, tokenizer, params: GenerationParams, extra: Iterable[int] = (), logprobs: int | None = None):
+        self.ends = stop_ids(tokenizer, params, extra)
+        self.stream = TextStream(tokenizer, stop_strings(params))
+        self.limit = params.max_new_tokens
+        self.count = 0
+        self.finish_reason: str | None = None
+        self.logprobs = logprobs
+        self.token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+
+    def is_end(self, token: int) -> bool:
+        if token in self.ends:
+            self.finish_reason = "stop"
+            return True
+        return False
+
+    def push(self, token: int) -> None:
+        self.count += 1
+        self.stream.push(token)
+        if self.stream.stopped:
+            self.finish_reason = "stop"
+        elif self.count >= self.limit:
+            self.finish_reason = "length"
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def record(self, token: int, logits) -> None:
+        if self.logprobs is None:
+            return
+        import torch
+
+        logp = torch.log_softmax(logits.float().reshape(-1), dim=-1)
+        top = torch.topk(logp, min(self.logprobs, logp.numel())) if self.logprobs > 0 else None
+        alternatives = [(int(i), float(v)) for v, i in zip(top.values, top.indices, strict=True)] if top else []
+        self.token_logprobs.append((token, float(logp[token]), alternatives))
