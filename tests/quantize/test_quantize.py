@@ -121,7 +121,7 @@ def test_bnb_4bit_and_8bit_close_to_fp32_and_reload(tmp_path, tiny_zh_model, run
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("unknown", "unknown quantizer 'gguff' (did you mean 'gguf'?)"),
+        ("unknown", "No such command 'gguff'. Did you mean 'gguf'?"),
         ("not_model", "not a model folder"),
         ("arch", "architecture 'gpt2' is not supported"),
         ("missing_extra", "pip install 'zhllama[gptq]'"),

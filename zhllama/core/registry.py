@@ -1,7 +1,8 @@
 """Plugin registry over Python entry points.
 
-Every backend kind has one entry-point group (see `GROUPS`). An entry point names an object
-(usually a class) with these attributes:
+Every backend kind has one entry-point group (see `GROUPS`). An entry point names a class that
+subclasses the kind's base class from `zhllama.core.plugin_api` (the contract of each kind is
+documented there) and declares:
 
 - `name`: the name users type (should equal the entry-point name),
 - `description`: one line for `zhllama plugins`,
@@ -21,6 +22,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from zhllama.core.errors import MissingDependencyError, UserError, unknown_choice
+from zhllama.core.plugin_api import base_class
 
 GROUPS: dict[str, str] = {
     "quantizers": "zhllama.quantizers",
@@ -86,6 +88,7 @@ def describe(kind: str) -> list[PluginInfo]:
         dist = ep.dist.name if ep.dist is not None else "?"
         try:
             obj = ep.load()
+            _check_base(kind, name, ep, obj)
         except Exception as exc:  # a broken third-party plugin must not break the listing
             infos.append(PluginInfo(kind, name, ep.value, dist, "", (), (), "", f"{type(exc).__name__}: {exc}"))
             continue
@@ -105,6 +108,12 @@ def describe(kind: str) -> list[PluginInfo]:
     return infos
 
 
+def _check_base(kind: str, name: str, ep: EntryPoint, obj: Any) -> None:
+    base = base_class(kind)
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise UserError(f"{kind} plugin '{name}' ({ep.value}) is not a subclass of {base.__name__}")
+
+
 def load(kind: str, name: str, check_requirements: bool = True) -> Any:
     """Load the plugin object `name` of `kind`; unknown names and missing extras are user errors."""
     eps = _entry_points(kind)
@@ -114,6 +123,7 @@ def load(kind: str, name: str, check_requirements: bool = True) -> Any:
         obj = eps[name].load()
     except Exception as exc:
         raise UserError(f"{kind} plugin '{name}' ({eps[name].value}) failed to load: {exc}") from exc
+    _check_base(kind, name, eps[name], obj)
     if check_requirements:
         missing = missing_modules(tuple(getattr(obj, "requires", ())))
         if missing:

@@ -1,4 +1,8 @@
-"""`zhllama quantize METHOD`: 4bit, 8bit, gptq, gguf (or any plugin in `zhllama.quantizers`)."""
+"""`zhllama quantize METHOD`: one subcommand per quantizer plugin (4bit, 8bit, gptq, gguf, or any other).
+
+Each subcommand's method flags are generated from the plugin's `Options` dataclass, so a flag of
+another method (`quantize gguf --bits 4`) is a usage error rather than silently ignored.
+"""
 
 from __future__ import annotations
 
@@ -9,50 +13,39 @@ from typing import Annotated
 import typer
 
 from zhllama.cli.options import Force, examples
+from zhllama.cli.schema import with_options
 from zhllama.core import console, registry
-from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir
 from zhllama.core.errors import UserError
-from zhllama.core.quantize.report import QuantizeReport, weights_size
-from zhllama.plugins.quantizers.base import QuantizeOptions
+
+EXAMPLES = {
+    "gguf": ("zhllama quantize gguf --model merged --type Q4_0 --output model-q4_0.gguf --eval-ppl zh.txt",),
+    "4bit": ("zhllama quantize 4bit --model merged --output merged-nf4",),
+    "8bit": ("zhllama quantize 8bit --model merged --output merged-int8",),
+    "gptq": ("zhllama quantize gptq --model merged --bits 4 --calibration zh.txt --samples 128 --output merged-gptq",),
+}
+
+app = typer.Typer(
+    help="Quantize a model with a plugin; prints and writes size (and PPL) before/after.", no_args_is_help=True
+)
 
 
-def quantize(
-    method: Annotated[str, typer.Argument(help="Quantization method: 4bit, 8bit, gptq, gguf (see `zhllama plugins`).")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="HF model folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (or .gguf file for gguf).")],
-    gguf_type: Annotated[
-        str, typer.Option("--type", help="gguf: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K_M, ...")
-    ] = "Q8_0",
-    quant_type: Annotated[str, typer.Option("--quant-type", help="4bit: nf4 or fp4.")] = "nf4",
-    compute_dtype: Annotated[
-        str, typer.Option("--compute-dtype", help="4bit: float32, bfloat16 or float16.")
-    ] = "float32",
-    double_quant: Annotated[
-        bool, typer.Option("--double-quant/--no-double-quant", help="4bit: quantize the scales too.")
-    ] = True,
-    bits: Annotated[int, typer.Option("--bits", help="gptq: 4 or 8.")] = 4,
-    group_size: Annotated[int, typer.Option("--group-size", help="gptq: group size.")] = 128,
-    calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="gptq: calibration text, one sample per line.")
-    ] = None,
-    samples: Annotated[int, typer.Option("--samples", help="gptq: number of calibration samples.")] = 128,
-    eval_ppl: Annotated[
-        Path | None, typer.Option("--eval-ppl", help="Text file: report perplexity before and after.")
-    ] = None,
-    ppl_context: Annotated[int, typer.Option("--ppl-context", help="Context length for --eval-ppl.")] = 512,
-    force: Force = False,
+def run_quantize(
+    method: str, model: Path, output: Path, options, eval_ppl: Path | None, ppl_context: int, force: bool
 ) -> None:
-    """Quantize a model with a plugin; prints and writes size (and PPL) before/after."""
+    """Validate everything, write the quantized output atomically, then report (and measure PPL)."""
+    from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir
+    from zhllama.core.quantize.report import QuantizeReport, check_ppl_data, measure_ppl, weights_size
+
     plugin = registry.load("quantizers", method)()
     if not (model / "config.json").is_file():
         raise UserError(f"{model}: not a model folder (no config.json)")
-    options = QuantizeOptions(
-        gguf_type, quant_type, compute_dtype, double_quant, bits, group_size, calibration, samples
-    )
+    plugin.validate(model, options)
+    if eval_ppl is not None:
+        check_ppl_data(eval_ppl, ppl_context)  # before the first byte is written
     start = time.perf_counter()
     if plugin.output_is_file:
         if output.is_dir():
-            raise UserError(f"{output}: is a folder; gguf writes a single .gguf file")
+            raise UserError(f"{output}: is a folder; {method} writes a single file")
         with atomic_path(output, force=force) as tmp:
             plugin.quantize(model, tmp, options)
         report_path = output.with_name(output.name + ".quantize_report.json")
@@ -71,21 +64,46 @@ def quantize(
         time.perf_counter() - start,
     )
     if eval_ppl is not None:
-        from zhllama.core.perplexity import perplexity
-
-        report.ppl_before = perplexity(model, eval_ppl, context=ppl_context).perplexity
-        report.ppl_after = perplexity(output, eval_ppl, context=ppl_context, tokenizer=model).perplexity
-        report.ppl_data = str(eval_ppl)
+        measure_ppl(report, model, output, eval_ppl, ppl_context)  # one backend for before and after
     report.write(report_path)
     console.emit(report.as_dict(), console.table(f"quantize {method}", ["", "value"], report.rows()))
 
 
-def register(app: typer.Typer) -> None:
-    app.command(
-        "quantize",
-        epilog=examples(
-            "zhllama quantize gguf --model merged --type Q4_0 --output model-q4_0.gguf --eval-ppl zh.txt",
-            "zhllama quantize 4bit --model merged --output merged-nf4",
-            "zhllama quantize gptq --model merged --bits 4 --calibration zh.txt --samples 128 --output merged-gptq",
-        ),
-    )(quantize)
+def method_command(method: str, options_class: type):
+    """The `zhllama quantize METHOD` command: common flags plus the plugin's own."""
+
+    def command(
+        model: Annotated[Path, typer.Option("--model", "-m", help="HF model folder.", show_default=False)],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (a file for single-file formats).")],
+        eval_ppl: Annotated[
+            Path | None, typer.Option("--eval-ppl", help="Text file: report perplexity before and after.")
+        ] = None,
+        ppl_context: Annotated[int, typer.Option("--ppl-context", help="Context length for --eval-ppl.")] = 512,
+        force: Force = False,
+        options=None,
+    ) -> None:
+        run_quantize(method, model, output, options, eval_ppl, ppl_context, force)
+
+    return with_options(options_class, "options")(command)
+
+
+def broken_command(error: UserError):
+    """The command of a plugin that cannot be loaded: says why when used (the CLI still builds)."""
+
+    def command() -> None:
+        raise error
+
+    return command
+
+
+def register(root: typer.Typer) -> None:
+    for name in registry.names("quantizers"):
+        try:
+            plugin = registry.load("quantizers", name, check_requirements=False)
+        except UserError as exc:  # a broken third-party plugin must not break every command
+            app.command(name, help=f"(cannot be loaded: {exc})")(broken_command(exc))
+            continue
+        command = method_command(name, plugin.Options)
+        epilog = examples(*EXAMPLES.get(name, (f"zhllama quantize {name} --model merged --output out",)))
+        app.command(name, help=plugin.description, epilog=epilog)(command)
+    root.add_typer(app, name="quantize")

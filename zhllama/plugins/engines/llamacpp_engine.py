@@ -27,9 +27,10 @@ from zhllama.core.generation.sampling import is_greedy
 from zhllama.core.generation.stopping import Stopper
 from zhllama.core.loading.llamacpp import new_llama
 from zhllama.core.loading.options import ModelOptions, parse_gpu_layers
+from zhllama.core.plugin_api import EnginePlugin
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EnginePlugin):
     name = "llamacpp"
     description = "GGUF files through llama.cpp (llama-cpp-python)"
     requires = ("llama_cpp",)

@@ -27,11 +27,12 @@ from zhllama.core.errors import UserError
 from zhllama.core.generation import rope
 from zhllama.core.generation.loop import decode
 from zhllama.core.loading.options import ModelOptions
+from zhllama.core.plugin_api import EnginePlugin
 
 TOKENIZER_MARKERS = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
-class TransformersEngine:
+class TransformersEngine(EnginePlugin):
     name = "transformers"
     description = "HF model folders through transformers (PEFT LoRA, bitsandbytes 4/8-bit)"
     requires = ("torch", "transformers")

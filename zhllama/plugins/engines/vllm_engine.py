@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions
+from zhllama.core.engine import GenerationParams, LoadedModel
 from zhllama.core.errors import UserError
 from zhllama.core.generation.sampling import is_greedy
 from zhllama.core.generation.stopping import stop_ids, stop_strings
+from zhllama.core.loading.options import ModelOptions
+from zhllama.core.plugin_api import EnginePlugin
 
 
-class VLLMEngine:
+class VLLMEngine(EnginePlugin):
     name = "vllm"
     description = "HF model folders through vLLM (needs vllm and a GPU)"
     requires = ("vllm",)
@@ -29,7 +31,7 @@ class VLLMEngine:
         return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> VLLMModel:
+    def load(cls, path: Path, options: ModelOptions) -> VLLMModel:
         return VLLMModel.load(Path(path), options)
 
 
@@ -45,7 +47,7 @@ class VLLMModel(LoadedModel):
             self.lora_request = LoRARequest("lora0", 1, str(loras[0]))
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> VLLMModel:
+    def load(cls, path: Path, options: ModelOptions) -> VLLMModel:
         from vllm import LLM
 
         from zhllama.core.tokenizer import ZhTokenizer

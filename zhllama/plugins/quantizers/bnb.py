@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from zhllama.core.errors import UserError
 from zhllama.core.loading.options import parse_dtype
-from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
+from zhllama.core.plugin_api import QuantizerPlugin
+from zhllama.core.schema import option
 
 
 def _save_quantized(model_dir: Path, output: Path, load: str, compute_dtype: str = "float32", **settings) -> None:
@@ -30,23 +32,27 @@ def _save_quantized(model_dir: Path, output: Path, load: str, compute_dtype: str
     ZhTokenizer(model_dir).save(output)
 
 
-class FourBit(Quantizer):
+@dataclass
+class FourBitOptions:
+    quant_type: str = option("nf4", "nf4 or fp4.")
+    compute_dtype: str = option("fp32", "Compute dtype of the dequantized matmuls: fp32, bf16 or fp16.")
+    double_quant: bool = option(True, "Quantize the scales too.", "--double-quant/--no-double-quant")
+
+
+class FourBit(QuantizerPlugin):
     name = "4bit"
     description = "bitsandbytes 4-bit (NF4 with double quant by default, or FP4)"
     requires = ("bitsandbytes",)
     install_hint = "pip install 'zhllama[bnb]'"
+    Options = FourBitOptions
 
-    def settings(self, options: QuantizeOptions) -> dict:
-        return {
-            "quant_type": options.quant_type,
-            "compute_dtype": options.compute_dtype,
-            "double_quant": options.double_quant,
-        }
-
-    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
+    def validate(self, model: Path, options: FourBitOptions) -> None:
         if options.quant_type not in ("nf4", "fp4"):
             raise UserError(f"--quant-type: '{options.quant_type}' is not nf4 or fp4")
-        compute_dtype = parse_dtype(options.compute_dtype, "--compute-dtype")
+        parse_dtype(options.compute_dtype, "--compute-dtype")
+
+    def quantize(self, model: Path, output: Path, options: FourBitOptions) -> None:
+        compute_dtype = parse_dtype(options.compute_dtype, "--compute-dtype") or "float32"
         _save_quantized(
             model,
             output,
@@ -57,11 +63,11 @@ class FourBit(Quantizer):
         )
 
 
-class EightBit(Quantizer):
+class EightBit(QuantizerPlugin):
     name = "8bit"
     description = "bitsandbytes LLM.int8()"
     requires = ("bitsandbytes",)
     install_hint = "pip install 'zhllama[bnb]'"
 
-    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
+    def quantize(self, model: Path, output: Path, options) -> None:
         _save_quantized(model, output, "8bit")

@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.errors import MissingDependencyError, UserError
+from zhllama.core.plugin_api import QuantizerPlugin
 from zhllama.core.quantize.gguf_export import TYPES, write_gguf
-from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
+from zhllama.core.schema import option
 
 K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 
 
-class GGUF(Quantizer):
+@dataclass
+class GGUFOptions:
+    type: str = option("Q8_0", "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, or a K-quant (Q4_K_M, ...).")
+
+
+class GGUF(QuantizerPlugin):
     name = "gguf"
     description = "llama.cpp GGUF file (F16, Q8_0, Q4_0, ...; K-quants with llama-cpp-python)"
     requires = ("gguf",)
     install_hint = "pip install 'zhllama[gguf]' (K-quants: pip install 'zhllama[llamacpp]')"
     output_is_file = True
+    Options = GGUFOptions
 
-    def settings(self, options: QuantizeOptions) -> dict:
-        return {"type": options.gguf_type.upper()}
+    def settings(self, options: GGUFOptions) -> dict:
+        return {"type": options.type.upper()}
 
-    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
-        qtype = options.gguf_type.upper()
+    def validate(self, model: Path, options: GGUFOptions) -> None:
+        if options.type.upper() not in TYPES + K_QUANTS:
+            raise UserError(f"--type: '{options.type}' is not one of {', '.join(TYPES + K_QUANTS)}")
+
+    def quantize(self, model: Path, output: Path, options: GGUFOptions) -> None:
+        qtype = options.type.upper()
         if qtype in TYPES:
             with console.progress_task(f"writing GGUF {qtype}", None) as advance:
                 write_gguf(model, output, qtype, progress=advance)
             return
-        if qtype not in K_QUANTS:
-            raise UserError(f"--type: '{qtype}' is not one of {', '.join(TYPES + K_QUANTS)}")
         try:
             import llama_cpp
         except ImportError as exc:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from zhllama.core.errors import UserError
-from zhllama.plugins.quantizers.base import QuantizeOptions, Quantizer
+from zhllama.core.plugin_api import QuantizerPlugin
+from zhllama.core.schema import option
 
 MIN_SAMPLE_TOKENS = 10
 
@@ -31,23 +33,32 @@ def calibration_texts(path: Path | None, samples: int, tokenizer) -> list[str]:
     return texts
 
 
-class GPTQ(Quantizer):
+@dataclass
+class GPTQOptions:
+    calibration: Path | None = option(None, "Calibration text, one sample per line (required).")
+    bits: int = option(4, "4 or 8.")
+    group_size: int = option(128, "Weights per quantization group (in-features must be divisible by it).")
+    samples: int = option(128, "Number of calibration samples.")
+
+
+class GPTQ(QuantizerPlugin):
     name = "gptq"
     description = "GPTQ 4/8-bit through GPTQModel"
     requires = ("gptqmodel",)
     install_hint = "pip install 'zhllama[gptq]'"
+    Options = GPTQOptions
 
-    def settings(self, options: QuantizeOptions) -> dict:
-        return {
-            "bits": options.bits,
-            "group_size": options.group_size,
-            "samples": options.samples,
-            "calibration": str(options.calibration) if options.calibration else None,
-        }
-
-    def quantize(self, model: Path, output: Path, options: QuantizeOptions) -> None:
+    def validate(self, model: Path, options: GPTQOptions) -> None:
         if options.bits not in (4, 8):
             raise UserError(f"--bits: {options.bits} is not 4 or 8")
+        if options.group_size < 1 or options.samples < 1:
+            raise UserError("--group-size and --samples: must be at least 1")
+        if options.calibration is None:
+            raise UserError("--calibration: gptq needs a calibration text file (one sample per line)")
+        if not options.calibration.is_file():
+            raise UserError(f"{options.calibration}: no such file")
+
+    def quantize(self, model: Path, output: Path, options: GPTQOptions) -> None:
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
         from zhllama.core.tokenizer import ZhTokenizer
 

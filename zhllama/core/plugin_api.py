@@ -1,0 +1,92 @@
+"""The plugin API: one base class per kind, options declared as dataclasses, one loader (`registry`).
+
+| kind        | entry-point group     | base class            | what a plugin provides                        |
+|-------------|-----------------------|-----------------------|-----------------------------------------------|
+| templates   | `zhllama.templates`   | `core.templates.Template` | `segments(messages, system, add_generation_prompt)` |
+| quantizers  | `zhllama.quantizers`  | `QuantizerPlugin`     | `Options` dataclass + `quantize(model, output, options)` |
+| engines     | `zhllama.engines`     | `EnginePlugin`        | `accepts(path)`, `load(path, ModelOptions) -> LoadedModel` |
+| benchmarks  | `zhllama.benchmarks`  | `BenchmarkPlugin`     | `typer_command()`: its own CLI command        |
+
+Every plugin class carries `name`, `description`, `requires` (importable module names, checked
+without importing them) and `install_hint`. Loading a plugin module must stay cheap: heavy imports
+(torch, transformers, llama_cpp, ...) belong inside methods, so `zhllama --help` starts without them.
+
+A quantizer's `Options` is a dataclass whose fields use `zhllama.core.schema.option(default, help)`;
+`zhllama quantize NAME` gets exactly those flags, so another method's flags are usage errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from zhllama.core.engine import LoadedModel
+    from zhllama.core.loading.options import ModelOptions
+
+
+class Plugin:
+    """What every plugin declares (shown by `zhllama plugins`)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """The options of a plugin that has none."""
+
+
+class QuantizerPlugin(Plugin, ABC):
+    """Writes a quantized copy of an HF model folder (a folder, or one file when `output_is_file`)."""
+
+    Options: ClassVar[type] = NoOptions
+    output_is_file: ClassVar[bool] = False
+
+    def settings(self, options: Any) -> dict:
+        """What the report records about this run (default: every option)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()}
+
+    def validate(self, model: Path, options: Any) -> None:  # noqa: B027 - optional hook
+        """Check options against the model before anything is written (raise `UserError`)."""
+
+    @abstractmethod
+    def quantize(self, model: Path, output: Path, options: Any) -> None:
+        """Write the quantized model into `output` (a temporary sibling the CLI renames into place)."""
+
+
+class EnginePlugin(Plugin, ABC):
+    """Loads a model for inference (chat, serve, predict, eval)."""
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether this engine reads `path` (automatic engine choice asks every built-in in turn)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, options: ModelOptions) -> LoadedModel:
+        """A ready model; options that cannot apply to this engine are refused with a `UserError`."""
+
+
+class BenchmarkPlugin(Plugin, ABC):
+    """An evaluation that brings its own command: `zhllama eval NAME` and the alias `zhllama NAME`."""
+
+    @classmethod
+    @abstractmethod
+    def typer_command(cls) -> Callable[..., None]:
+        """The Typer command function (its flags, help and `examples` attribute for the epilog)."""
+
+
+def base_class(kind: str) -> type:
+    """The base class plugins of `kind` must subclass (templates' lives with the template system)."""
+    if kind == "templates":
+        from zhllama.core.templates import Template
+
+        return Template
+    return {"quantizers": QuantizerPlugin, "engines": EnginePlugin, "benchmarks": BenchmarkPlugin}[kind]
