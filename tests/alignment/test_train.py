@@ -1,0 +1,196 @@
+"""rm / dpo / ppo on tiny models: accuracy, margins and reward rise; outputs reload; resume is bit-exact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zhllama.core.alignment import data, dpo, ppo, rm
+from zhllama.core.alignment.config import DpoConfig, PpoConfig, RmConfig
+from zhllama.core.templates import get_template
+from zhllama.core.tokenizer import ZhTokenizer
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _sequence_logps(model, prompt: list[int], answer: list[int]) -> float:
+    """log p(answer | prompt) under a causal LM, computed directly."""
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    logps = torch.log_softmax(logits, dim=-1)
+    targets = ids[0, 1:]
+    token_logps = logps.gather(1, targets[:, None])[:, 0]
+    return float(token_logps[len(prompt) - 1 :].sum())
+
+
+def test_dpo_raises_margin_on_training_pairs(tmp_path, tiny_base_model, base_tokenizer, separable_pairs, align_cfg):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = align_cfg(DpoConfig, tiny_base_model, separable_pairs, max_steps=8, per_device_train_batch_size=4, beta=0.1)
+    summary = dpo(cfg)
+    assert summary["steps"] == 8 and summary["loss_type"] == "sigmoid"
+    assert summary["first_reward_margin"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
+    assert summary["final_reward_margin"] > 0.1
+    for name in ("loss.png", "rewards.png"):
+        assert (cfg.output / name).read_bytes().startswith(PNG)
+    assert json.loads((cfg.output / "train_summary.json").read_text())["steps"] == 8
+
+    # independent check: the DPO implicit-reward margin, from log-probs computed here
+    columns, _ = data.preference_examples(
+        ZhTokenizer(base_tokenizer), get_template("none"), data.read_pairs([separable_pairs]), 64, None
+    )
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_base_model)).eval()
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base_model)), str(cfg.output))
+    policy.eval()
+    margins = []
+    for p, c, r in zip(columns["prompt_ids"], columns["chosen_ids"], columns["rejected_ids"], strict=True):
+        chosen = _sequence_logps(policy, p, c) - _sequence_logps(reference, p, c)
+        rejected = _sequence_logps(policy, p, r) - _sequence_logps(reference, p, r)
+        margins.append(0.1 * (chosen - rejected))
+    assert sum(m > 0 for m in margins) == len(margins)
+    assert sum(margins) / len(margins) > 0.1
+
+
+def test_rm_separates_pairs_and_reloads(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = align_cfg(
+        RmConfig, tiny_base_model, separable_pairs, max_steps=30, per_device_train_batch_size=4, validation_split=0.2
+    )
+    summary = rm(cfg)
+    assert summary["accuracy_on"] == "validation" and summary["eval_pairs"] == 4
+    assert summary["accuracy"] > 0.9
+    assert (cfg.output / "accuracy.png").read_bytes().startswith(PNG)
+    adapter = json.loads((cfg.output / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+
+    # the output loads as a sequence-classification model (base + adapter) and ranks every pair
+    base = AutoModelForSequenceClassification.from_pretrained(adapter["base_model_name_or_path"], num_labels=1)
+    model = PeftModel.from_pretrained(base, str(cfg.output)).eval()
+    tok = ZhTokenizer(cfg.output)
+    columns = data.reward_examples(
+        data.preference_examples(tok, get_template("none"), data.read_pairs([separable_pairs]), 64, None)[0]
+    )
+    with torch.no_grad():
+        for chosen, rejected in zip(columns["chosen_ids"], columns["rejected_ids"], strict=True):
+            assert model(torch.tensor([chosen])).logits.item() > model(torch.tensor([rejected])).logits.item()
+
+
+def test_full_rm_loads_with_auto_class(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = align_cfg(RmConfig, tiny_base_model, separable_pairs, full=True, max_steps=20, learning_rate=1e-4)
+    summary = rm(cfg)
+    assert summary["accuracy"] > 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(str(cfg.output)).eval()
+    assert model.config.num_labels == 1 and model.config.pad_token_id == ZhTokenizer(cfg.output).pad_id
+
+
+@pytest.mark.xfail(strict=True, reason="zhllama merge does not merge a SEQ_CLS adapter's score head yet (ckpt)")
+def test_rm_adapter_merges(tmp_path, run_cli, tiny_base_model, separable_pairs, align_cfg):
+    cfg = align_cfg(RmConfig, tiny_base_model, separable_pairs, max_steps=2)
+    rm(cfg)
+    code, _, stderr = run_cli("merge", "--base", tiny_base_model, "--lora", cfg.output, "--output", tmp_path / "m")
+    assert code == 0, stderr
+
+
+def target_reward_model(out, base_model, tokenizer_dir, target: int):
+    """A reward model that scores how close the last token is to `target`: sqrt(d) * cos(e_last, e_target).
+
+    Attention and MLP outputs are zeroed, so the final hidden state is the normalised embedding of the
+    last token; the score head is the unit vector of the target's embedding.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_model), num_labels=1)
+    tok = ZhTokenizer(tokenizer_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        model.score.weight.copy_(embed[target] / embed[target].norm())
+    model.config.pad_token_id = tok.pad_id
+    model.save_pretrained(str(out))
+    tok.save(out)
+    return model
+
+
+def test_ppo_reward_rises_and_policy_merges(tmp_path, run_cli, tiny_base_model, base_tokenizer, align_cfg):
+    tok = ZhTokenizer(base_tokenizer)
+    target = tok.encode("the")[-1]
+    scorer = target_reward_model(tmp_path / "rm", tiny_base_model, base_tokenizer, target)
+    with torch.no_grad():  # the reward model does what it says: the target as last token scores sqrt(64)
+        assert scorer(torch.tensor([[5, 9, target]])).logits.item() == pytest.approx(8.0, rel=1e-2)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Tell me something ({i})"}) for i in range(4)) + "\n")
+    cfg = align_cfg(
+        PpoConfig,
+        tiny_base_model,
+        prompts,
+        reward_model=tmp_path / "rm",
+        max_steps=24,
+        per_device_train_batch_size=2,
+        num_generations=4,
+        max_completion_length=3,
+        learning_rate=2e-2,
+        kl_coef=0.01,
+    )
+    summary = ppo(cfg)
+    assert summary["algorithm"] == "rloo" and summary["steps"] == 24
+    saved = json.loads((cfg.output / "train_summary.json").read_text())
+    assert saved["final_reward"] == summary["final_reward"]
+    rewards = [value for _, value in saved["curves"]["reward"]]
+    assert len(rewards) == 24
+    early, late = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    assert late > early + 0.5, (early, late)
+    assert any(value != 0 for _, value in saved["curves"]["kl"])
+    for name in ("reward.png", "kl.png", "loss.png"):
+        assert (cfg.output / name).read_bytes().startswith(PNG)
+
+    # the policy adapter merges with `zhllama merge`, equal to PEFT's own merge
+    code, _, stderr = run_cli(
+        "merge", "--base", tiny_base_model, "--lora", cfg.output, "--output", tmp_path / "merged", "--verify"
+    )
+    assert code == 0, stderr
+    manifest = json.loads((tmp_path / "merged" / "zhllama-merge.json").read_text())
+    assert manifest["verify_max_abs_diff"] < 1e-4
+
+
+def test_dpo_resume_is_bit_exact(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    common = dict(
+        max_steps=6,
+        save_steps=3,
+        per_device_train_batch_size=2,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.2,
+        lora_dropout=0.05,
+    )
+    straight = align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "a", **common)
+    dpo(straight)
+    interrupted = align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "b", **common)
+    dpo(interrupted)
+    # simulate a kill after step 3: only checkpoint-3 survives, no final artifacts
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "checkpoint-6")
+    for p in (tmp_path / "b").iterdir():
+        if p.name != "checkpoints":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    resumed = align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "b", resume=True, **common)
+    summary = dpo(resumed)
+    assert summary["steps"] == 6
+    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("lm_head" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (
+        summary["final_reward_margin"]
+        == json.loads((tmp_path / "a" / "train_summary.json").read_text())["final_reward_margin"]
+    )

@@ -1,0 +1,266 @@
+"""What rm, dpo and ppo share: TRL configs from `TrainConfig`, models, LoRA, and the final output.
+
+The conventions are `sft`'s (`zhllama.core.training.runner`): the same flags (`TrainConfig`), the
+same TrainingArguments mapping (copied into TRL's config classes, which subclass it), checkpoints
+in `OUT/checkpoints/` for `--resume`, and final files written into a temporary folder and moved
+into OUT after training succeeded, `train_summary.json` last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from zhllama.core import console
+from zhllama.core.errors import UserError
+from zhllama.core.training.runner import FINAL_FILES_LAST, TrainConfig, plot_loss, training_arguments
+
+# Curves drawn from the trainer's log history: file name -> (y label, [(log key, legend), ...]).
+Curves = dict[str, tuple[str, list[tuple[str, str]]]]
+
+
+def check_inputs(cfg: TrainConfig, *inputs: Path | None) -> TrainConfig:
+    """Every check that writes nothing (sft's `check_run`, plus `inputs` the output may not touch).
+
+    Returns the config with an absolute model path (a LoRA adapter records it as its base)."""
+    from zhllama.core.paths import check_output as output_not_input
+    from zhllama.core.training.runner import check_run
+
+    check_run(cfg)
+    output_not_input(cfg.output, inputs)
+    if cfg.adapter is not None and not (cfg.adapter / "adapter_config.json").is_file():
+        raise UserError(f"{cfg.adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    return dataclasses.replace(cfg, model=Path(cfg.model).resolve())
+
+
+def check_output(cfg: TrainConfig) -> None:
+    """Clear OUT for a fresh run (after the data checks; sft's rule: --force or --resume for a non-empty OUT)."""
+    from zhllama.core.training.runner import clear_output
+
+    clear_output(cfg)
+
+
+def trl():
+    """The `trl` module. Imported with stdout pointed at stderr: TRL imports DeepSpeed when installed, whose
+    logger writes to the stdout of its import time (a warning there would break `--json`)."""
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import trl
+
+        if importlib.util.find_spec("deepspeed") is not None:
+            import deepspeed  # noqa: F401  (its logger binds to the redirected stream now)
+    return trl
+
+
+def trl_config(config_cls, cfg: TrainConfig, has_eval: bool, **overrides):
+    """A TRL config (a TrainingArguments subclass) with exactly sft's TrainingArguments values."""
+    from transformers import TrainingArguments
+
+    base = training_arguments(cfg, has_eval)
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    values.update(overrides)
+    return config_cls(**values)
+
+
+def load_tokenizer(cfg: TrainConfig):
+    from zhllama.core.tokenizer import ZhTokenizer
+
+    tokenizer = ZhTokenizer(cfg.tokenizer or cfg.adapter or cfg.model)
+    if tokenizer.hf is None:
+        raise UserError(f"{tokenizer.path}: training needs a tokenizer folder (tokenizer.json / tokenizer_config.json)")
+    if tokenizer.hf.pad_token is None:  # pad as zhllama does everywhere (unk, as LLaMA did), not with EOS
+        tokenizer.hf.pad_token = tokenizer.id_to_piece(tokenizer.pad_id)
+    return tokenizer
+
+
+def quantization(cfg: TrainConfig):
+    if cfg.qlora is None:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.qlora == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+
+
+def load_base(cfg: TrainConfig, tokenizer, reward_head: bool = False):
+    """The policy (causal LM) or a reward model (sequence classification, one label), sized for the tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from zhllama.core.tokenizer import ZhTokenizer
+    from zhllama.core.training.embeddings import resize_for_tokenizer
+
+    kwargs = {"dtype": torch.bfloat16 if cfg.bf16 else torch.float32, "attn_implementation": cfg.attn}
+    quant = quantization(cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": "cpu"} if not torch.cuda.is_available() else None
+    if reward_head:
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_id)
+    cls = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
+    try:
+        model = cls.from_pretrained(str(cfg.model), trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{cfg.model}: cannot load model: {exc}") from exc
+    base_tokenizer = None
+    if any((cfg.model / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+        base_tokenizer = ZhTokenizer(cfg.model)
+    resized = resize_for_tokenizer(model, tokenizer, base_tokenizer)
+    model.config.use_cache = False
+    return model, resized
+
+
+def lora_config(cfg: TrainConfig, model, task_type: str, always_save: tuple[str, ...] = ()):
+    """A fresh LoRA config; `--modules-to-save` entries the model lacks (lm_head of a reward model) are skipped."""
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise UserError(f"--lora-targets: module(s) {', '.join(missing)} not found in the model")
+    to_save = [m.strip() for m in cfg.modules_to_save.split(",") if m.strip() in names]
+    to_save += [m for m in always_save if m not in to_save]
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        modules_to_save=to_save or None,
+        task_type=task_type,
+    )
+
+
+def peft_setup(cfg: TrainConfig, model, task_type: str, always_save: tuple[str, ...] = ()):
+    """(model, peft_config) for a TRL trainer: a new LoRA (config), a continued adapter (model), or full."""
+    if cfg.full:
+        return model, None
+    if cfg.qlora is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.adapter is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True), None
+    return model, lora_config(cfg, model, task_type, always_save)
+
+
+def history(trainer, key: str) -> list[tuple[int, float]]:
+    return [(e["step"], float(e[key])) for e in trainer.state.log_history if key in e and "step" in e]
+
+
+def first_last(trainer, key: str) -> tuple[float | None, float | None]:
+    points = history(trainer, key)
+    return (points[0][1], points[-1][1]) if points else (None, None)
+
+
+def plot_curves(trainer, path: Path, ylabel: str, series: list[tuple[str, str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for key, label in series:
+        points = history(trainer, key)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="." if len(points) < 30 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(
+    trainer, cfg: TrainConfig, kind: str, tokenizer, examples: int, metrics, curves: Curves, skipped: int, resized: bool
+) -> dict:
+    """Run `trainer` (resuming when asked), then write the final output; returns the summary.
+
+    `metrics()` returns the task's own summary entries (called after training)."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+
+    from zhllama.core.training.callbacks import ProgressCallback
+
+    progress = ProgressCallback()
+    trainer.add_callback(progress)
+    trainer.remove_callback(PrinterCallback)  # logs go to the progress bar and train_summary.json
+    from zhllama.core.training.runner import resume_checkpoint
+
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_checkpoint(cfg)) if cfg.resume else None)
+    seconds = time.perf_counter() - start
+    extra = metrics()
+    losses = history(trainer, "loss")
+    tokens = max((int(e["num_tokens"]) for e in trainer.state.log_history if "num_tokens" in e), default=0)
+    summary = {
+        "kind": kind,
+        "steps": trainer.state.global_step,
+        "tokens": tokens,
+        "train_loss": result.training_loss,
+        "first_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else result.training_loss,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+        "train_examples": examples,
+        "skipped_examples": skipped,
+        "resized_vocab": resized,
+        "vocab_size": trainer.model.get_input_embeddings().weight.shape[0],
+        **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
+        "curves": {key: history(trainer, key) for _, series in curves.values() for key, _ in series},
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+    }
+    if trainer.is_world_process_zero():
+        write_final(cfg, trainer, tokenizer, summary, curves)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return summary
+
+
+def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Curves) -> None:
+    """Model or adapter, tokenizer, loss.png and the curves, then `train_summary.json` (moved in last)."""
+    from peft import PeftModel
+
+    out = cfg.output
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(model, PeftModel):  # only the trained adapter, not TRL's frozen "ref" copy
+            model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save(tmp)
+        plot_loss(history(trainer, "loss"), history(trainer, "eval_loss"), tmp / "loss.png")
+        for name, (ylabel, series) in curves.items():
+            plot_curves(trainer, tmp / name, ylabel, series)
+        (tmp / FINAL_FILES_LAST).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+        names = sorted(p.name for p in tmp.iterdir() if p.name != FINAL_FILES_LAST) + [FINAL_FILES_LAST]
+        for name in names:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.log(f"wrote {out}")
