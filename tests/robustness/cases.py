@@ -515,7 +515,7 @@ CASES: list[Case] = [
         "quantize-unknown-method",
         "option-range",
         lambda w: ["quantize", "3bit", "--model", w.model, "-o", w.out],
-        r"unknown quantizer '3bit'",
+        r"'3bit'",
     ),
     Case(
         "quantize-gguf-output-is-weights",
@@ -566,7 +566,7 @@ CASES: list[Case] = [
         "quantize-eval-ppl-non-utf8",
         "non-utf8",
         lambda w: ["quantize", "gguf", "--model", w.model, "--eval-ppl", w.bad_text, "-o", w.outputs / "m.gguf"],
-        r"bad_text\.txt: not UTF-8",
+        r"bad_text\.txt(:\d+)?: not UTF-8",
         pending="ckpt",
     ),
     # training (train engineer)
@@ -631,13 +631,13 @@ CASES: list[Case] = [
         "pretrain-non-utf8",
         "non-utf8",
         lambda w: ["pretrain", "-m", w.model, "-d", w.bad_text, "-o", w.out, "--max-steps", 1],
-        r"bad_text\.txt: not UTF-8",
+        r"bad_text\.txt(:\d+)?: not UTF-8",
     ),
     Case(
         "sft-non-utf8",
         "non-utf8",
         lambda w: ["sft", "-m", w.model, "-d", w.bad_text, "-o", w.out, "--max-steps", 1],
-        r"bad_text\.txt: not UTF-8",
+        r"bad_text\.txt(:\d+)?: not UTF-8",
         pending="train",
     ),
     Case(
@@ -682,7 +682,7 @@ CASES: list[Case] = [
         "eval-ppl-non-utf8",
         "non-utf8",
         lambda w: ["eval", "ppl", "-m", w.model, "-d", w.bad_text],
-        r"bad_text\.txt: not UTF-8",
+        r"bad_text\.txt(:\d+)?: not UTF-8",
         pending="eval",
     ),
     Case(

@@ -171,7 +171,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def _prepare(final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent)
-    console.release_held()  # validation is over: the job's log lines may show now
 
 
 @contextmanager

@@ -4,10 +4,10 @@ The global flags `--json`, `--quiet` and `--debug` set `SETTINGS` once per invoc
 code asks this module for a progress bar or a log line and never prints on its own.
 
 When a command fails, stderr must hold only its one error line. So while a command runs with
-stderr not a terminal, log and warning lines are *held*: they are written once the job starts
-real work (`release_held()`, called when an atomic output is opened), after
-`HOLD_SECONDS`, or when the command succeeds (`end_command(True)`), and dropped when it fails.
-A progress bar on a terminal is cleared when its block fails.
+stderr not a terminal, log and warning lines are *held*: they are written when the command
+succeeds (`end_command(True)`) or once they have waited `HOLD_SECONDS` (a long job's log still
+streams), and dropped when it fails sooner. On a terminal they show at once, and a progress bar
+is cleared when its block fails.
 """
 
 from __future__ import annotations

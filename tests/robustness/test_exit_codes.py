@@ -1,0 +1,129 @@
+"""The one exception -> exit code mapping (`zhllama.core.errors.classify`, `cli.app.run`).
+
+Storage failures exit 1, user mistakes 2, SIGINT 130, SIGTERM 143: each with exactly one
+stderr line, and no temporary sibling left where the output was going.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import pytest
+
+from zhllama.core import vocab
+from zhllama.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, UserError, classify
+
+
+def _train_args(tmp_path, corpus):
+    return ["vocab", "train", "-i", corpus, "--vocab-size", 300, "-o", tmp_path / "out" / "sp.model"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    from zhllama.core.assets import data_path
+
+    return data_path("corpus_en.txt")
+
+
+def _fail_copy_with(exc):
+    def copy(src, dst, *args, **kwargs):
+        with open(dst, "wb") as handle:
+            handle.write(b"partial")  # something was written before the failure
+        raise exc
+
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("code", "strerror", "expected"),
+    [
+        (errno.ENOSPC, "No space left on device", "no space left on device"),
+        (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+        (errno.EROFS, "Read-only file system", "read-only file system"),
+        (errno.EACCES, "Permission denied", "permission denied"),
+    ],
+)
+def test_storage_failures_exit_1_with_one_line_and_no_leftovers(
+    run_cli, tmp_path, corpus, monkeypatch, code, strerror, expected
+):
+    target = tmp_path / "out" / "sp.model"
+    monkeypatch.setattr(vocab.shutil, "copyfile", _fail_copy_with(OSError(code, strerror, str(target))))
+    rc, out, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == 1
+    assert out == ""
+    assert err.splitlines() == [f"zhllama: error: {target}: {expected}"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_interrupt_exits_130_and_removes_the_partial_output(run_cli, tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(vocab.shutil, "copyfile", _fail_copy_with(KeyboardInterrupt()))
+    rc, out, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == EXIT_INTERRUPTED == 130
+    assert err.splitlines() == ["zhllama: error: interrupted by SIGINT; unfinished outputs were removed"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_in_process_exits_143_cleans_up_and_restores_the_handler(run_cli, tmp_path, corpus, monkeypatch):
+    before = signal.getsignal(signal.SIGTERM)
+
+    def copy(src, dst, *args, **kwargs):
+        with open(dst, "wb") as handle:
+            handle.write(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the CLI's handler at the next bytecode
+
+    monkeypatch.setattr(vocab.shutil, "copyfile", copy)
+    rc, out, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == EXIT_TERMINATED == 143
+    assert err.splitlines() == ["zhllama: error: interrupted by SIGTERM; unfinished outputs were removed"]
+    assert list((tmp_path / "out").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_undecodable_input_without_a_name_is_still_a_user_error(run_cli, tmp_path, corpus, monkeypatch):
+    def boom(*args, **kwargs):
+        b"\xff".decode("utf-8")
+
+    monkeypatch.setattr(vocab, "train", boom)
+    rc, _, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == 2
+    assert err.splitlines() == ["zhllama: error: an input is not UTF-8 text (byte 0: invalid start byte)"]
+
+
+def test_a_bug_is_one_internal_error_line_and_debug_adds_the_traceback(run_cli, tmp_path, corpus, monkeypatch):
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(vocab, "train", boom)
+    rc, _, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == 1
+    assert err.splitlines() == [
+        "zhllama: internal error: ZeroDivisionError: division by zero (run with --debug for the traceback)"
+    ]
+    rc, _, err = run_cli("--debug", *_train_args(tmp_path, corpus))
+    assert rc == 1
+    assert "Traceback" in err and err.splitlines()[-1].startswith("zhllama: internal error: ZeroDivisionError")
+
+
+def test_log_lines_show_on_success_and_vanish_on_failure(run_cli, tmp_path, corpus):
+    rc, _, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == 0
+    assert err.splitlines() == ["training a bpe SentencePiece model with 300 pieces ..."]
+    rc, _, err = run_cli(*_train_args(tmp_path, corpus))  # the output exists now
+    assert rc == 2
+    assert err.splitlines() == [
+        f"zhllama: error: {tmp_path / 'out' / 'sp.model'}: output file exists (use --force to replace it)"
+    ]
+
+
+def test_classify_table():
+    assert classify(UserError("a\nb")) == (2, "zhllama: error: a b")
+    assert classify(Interrupted(signal.SIGTERM))[0] == 143
+    assert classify(KeyboardInterrupt())[0] == 130
+    assert classify(FileNotFoundError(errno.ENOENT, "No such file or directory", "x.txt")) == (
+        2,
+        "zhllama: error: x.txt: no such file or directory",
+    )
+    assert classify(OSError(errno.ENOSPC, "No space left on device")) == (1, "zhllama: error: no space left on device")
+    assert classify(OSError(errno.EIO, "I/O error"))[1].startswith("zhllama: internal error: OSError")
