@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from zhllama.core.loading.llamacpp import new_llama
 from zhllama.core.quantize.gguf_export import write_gguf
 from zhllama.core.tokenizer import ZhTokenizer
 
@@ -21,7 +22,7 @@ def test_llama_cpp_logits_and_tokens_match_hf(tmp_path, tiny_zh_model, qtype, at
     write_gguf(tiny_zh_model, out, qtype)
     tok = ZhTokenizer(tiny_zh_model)
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_zh_model)).eval()
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, logits_all=True, verbose=False)
+    llm = new_llama(str(out), n_ctx=256, logits_all=True, verbose=False)
     try:
         for text in TEXTS:
             ids = llm.tokenize(text.encode("utf-8"), add_bos=True)
@@ -43,7 +44,7 @@ def test_k_quant_through_llama_cpp(tmp_path, tiny_zh_model, run_cli):
     code, _, err = run_cli("quantize", "gguf", "--model", tiny_zh_model, "--type", "Q4_K_M", "--output", out)
     assert code == 0, err
     assert GGUFReader(str(out)).fields["general.file_type"].parts[-1][0] == 15  # MOSTLY_Q4_K_M
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False)
+    llm = new_llama(str(out), n_ctx=64, verbose=False)
     try:
         assert llm.tokenize("中国".encode(), add_bos=True) == ZhTokenizer(tiny_zh_model).encode("中国", bos=True)
     finally:

@@ -74,7 +74,7 @@ def test_gguf_vocab_is_exact_and_padded(tmp_path, padded_model):
     assert tokens[:n] == [p.piece for p in proto.pieces]
     assert scores[:n] == pytest.approx([p.score for p in proto.pieces])
     assert types[:n] == [int(p.type) for p in proto.pieces]
-    assert tokens[n:] == [f"[PAD{i}]" for i in range(1, config["vocab_size"] - n + 1)] and set(types[n:]) == {5}
+    assert tokens[n:] == [f"[PAD{i}]" for i in range(n, config["vocab_size"])] and set(types[n:]) == {5}
     assert {1, 2, 3, 6} <= set(types)  # normal, unknown, control, byte
     assert int(f["tokenizer.ggml.bos_token_id"].parts[-1][0]) == 1
     assert int(f["tokenizer.ggml.eos_token_id"].parts[-1][0]) == 2

@@ -9,15 +9,15 @@ expects. Tensors whose row length is not a multiple of the quant block fall back
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zhllama.core.checkpoint import names
-from zhllama.core.checkpoint.shards import iter_model
+from zhllama.core.checkpoint import names, rope_config
+from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, read_json
 from zhllama.core.errors import UserError
+from zhllama.core.quantize.gguf_vocab import check_tokenizer_files, write_vocab
 
 TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 FILE_TYPES = {
@@ -36,129 +36,29 @@ FILE_TYPES = {
 OUTPUT_PRECISION = {"Q4_0": "Q8_0", "Q4_1": "Q8_0", "Q5_0": "Q8_0", "Q5_1": "Q8_0"}
 
 
-def sentencepiece_vocab(model_dir: Path, vocab_size: int):
-    """(tokens, scores, types, special ids) from tokenizer.model, padded to `vocab_size`."""
-    from zhllama.core import spm
-
-    if not (model_dir / "tokenizer.model").is_file():
-        raise UserError(
-            f"{model_dir}: no tokenizer.model; only SentencePiece (LLaMA-family) vocabularies are "
-            "written to GGUF by zhllama"
-        )
-    proto = spm.load_proto(model_dir / "tokenizer.model")
-    if proto.trainer_spec.model_type != spm.BPE:
-        raise UserError(
-            f"{model_dir / 'tokenizer.model'}: not a BPE SentencePiece model; llama.cpp's 'llama' "
-            "tokenizer cannot represent it"
-        )
-    if len(proto.pieces) > vocab_size:
-        raise UserError(f"{model_dir}: tokenizer has {len(proto.pieces)} pieces but the model only {vocab_size} rows")
-    tokens = [p.piece.encode("utf-8") for p in proto.pieces]
-    scores = [float(p.score) for p in proto.pieces]
-    types = [int(p.type) for p in proto.pieces]  # sentencepiece's type numbers equal gguf.TokenType's
-    for i in range(1, vocab_size - len(proto.pieces) + 1):
-        tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
-        types.append(5)  # UNUSED
-    special = {name: spm.special_id(proto, name) for name in ("bos", "eos", "unk", "pad")}
-    config_file = model_dir / "tokenizer_config.json"
-    if special["pad"] is None and config_file.is_file():
-        pad = json.loads(config_file.read_text()).get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        ids = spm.piece_ids(proto)
-        special["pad"] = ids.get(pad) if pad else None
-    return tokens, scores, types, special, proto.normalizer_spec.add_dummy_prefix
-
-
-def byte_level_bpe_vocab(model_dir: Path, vocab_size: int):
-    """GPT-2-style byte-level BPE (tokenizer.json) as llama.cpp's 'gpt2' tokenizer: tokens, merges, types."""
-    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    model = data.get("model", {})
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
-        raise UserError(
-            f"{model_dir / 'tokenizer.json'}: only byte-level BPE or SentencePiece vocabularies can be written to GGUF"
-        )
-    by_id = {i: t for t, i in model["vocab"].items()}
-    added = {a["id"]: a for a in data.get("added_tokens", [])}
-    by_id.update({i: a["content"] for i, a in added.items()})
-    if max(by_id) >= vocab_size:
-        raise UserError(f"{model_dir}: tokenizer has ids up to {max(by_id)} but the model only {vocab_size} rows")
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]".encode())
-            types.append(5)  # UNUSED
-            continue
-        tokens.append(by_id[i].encode("utf-8"))
-        types.append((3 if added[i].get("special") else 4) if i in added else 1)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges
-
-
-def write_vocab(writer, model_dir: Path, vocab_size: int) -> None:
-    """SentencePiece vocabularies as llama.cpp's 'llama' tokenizer, byte-level BPE as 'gpt2'."""
-    if (model_dir / "tokenizer.model").is_file():
-        tokens, scores, types, special, dummy_prefix = sentencepiece_vocab(model_dir, vocab_size)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        writer.add_add_space_prefix(bool(dummy_prefix))
-    elif (model_dir / "tokenizer.json").is_file():
-        from zhllama.core.tokenizer import ZhTokenizer
-
-        tokens, types, merges = byte_level_bpe_vocab(model_dir, vocab_size)
-        tok = ZhTokenizer(model_dir)
-        special = {"bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "pad": tok._hf_id("pad")}
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-    else:
-        raise UserError(f"{model_dir}: no tokenizer.model or tokenizer.json to write the GGUF vocabulary from")
-    for name, idx in special.items():
-        if idx is not None:
-            getattr(writer, f"add_{name}_token_id")(idx)
-    writer.add_add_bos_token((model_dir / "tokenizer.model").is_file())
-    writer.add_add_eos_token(False)
-
-
 def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress=None) -> dict:
-    """Convert `model_dir` into the GGUF file `output` (a path that the caller renames into place)."""
+    """Convert `model_dir` into the GGUF file `output` (a path that the caller renames into place).
+
+    Every input is read and checked (config, every shard, the tokenizer files) before `output` is
+    opened.
+    """
     import gguf
 
     model_dir = Path(model_dir)
     qtype = qtype.upper()
     if qtype not in TYPES:
         raise UserError(f"--type: '{qtype}' is not one of {', '.join(TYPES)} (K-quants need the llamacpp extra)")
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise UserError(f"{model_dir}: not a model folder (no config.json)")
-    config = json.loads(config_file.read_text())
+    config = read_config(model_dir)
     if config.get("model_type") != "llama":
         raise UserError(f"{model_dir}: architecture '{config.get('model_type')}' is not supported (llama only)")
+    plan_shards(model_dir)  # validate every shard (truncated files, index) before writing
+    check_tokenizer_files(model_dir)
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     vocab_size = config["vocab_size"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
 
     writer = gguf.GGUFWriter(str(output), "llama")
-    writer.add_name(model_dir.name)
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // heads)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    rope = config.get("rope_parameters") or {}
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
-    writer.add_vocab_size(vocab_size)
-    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[qtype]))
-    write_vocab(writer, model_dir, vocab_size)
-
     target = getattr(gguf.GGMLQuantizationType, qtype)
     count = 0
     tied = config.get("tie_word_embeddings", False)
@@ -180,11 +80,49 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
         count += 1
         if progress is not None:
             progress()
+    factors = rope_config.llama3_rope_factors(config, head_dim)
+    if factors is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(factors, dtype=np.float32))
+    write_metadata(writer, gguf, model_dir, config, qtype)
+    kind = write_vocab(writer, model_dir, vocab_size)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"tensors": count, "type": qtype, "vocab_size": vocab_size}
+    return {"tensors": count, "type": qtype, "vocab_size": vocab_size, "tokenizer": kind}
+
+
+def write_metadata(writer, gguf, model_dir: Path, config: dict, qtype: str) -> None:
+    """general.* and llama.* keys, as llama.cpp's converter writes them for a LLaMA folder."""
+    total, shared, expert, experts = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, model_dir, None, total)
+    if meta.name is None:
+        meta.name = model_dir.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, experts)
+    generation = model_dir / "generation_config.json"
+    if meta.sampling_penalty_repeat is None and generation.is_file():
+        meta.sampling_penalty_repeat = read_json(generation).get("repetition_penalty")
+    writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(writer)
+    writer.add_block_count(config["num_hidden_layers"])
+    if "max_position_embeddings" in config:
+        writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    if "num_key_value_heads" in config:
+        writer.add_head_count_kv(config["num_key_value_heads"])
+    for method, value in rope_config.gguf_fields(config):
+        getattr(writer, method)(value)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    if config.get("head_dim") is not None:
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[qtype]))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
 def _add_tensor(writer, gguf, name: str, array: np.ndarray, target) -> None:
