@@ -111,7 +111,7 @@ def test_lora_on_a_4bit_model_stays_an_adapter(tiny_zh_model, zh_model, tmp_path
 
 
 def test_bad_inputs_are_user_errors(tiny_zh_model, tmp_path):
-    with pytest.raises(UserError, match="model not found"):
+    with pytest.raises(UserError, match="no such model folder or file"):
         open_model(tmp_path / "nope")
     with pytest.raises(UserError, match="adapter_config.json"):
         open_model(tiny_zh_model, options=LoadOptions(lora=[str(tmp_path)]))

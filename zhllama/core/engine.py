@@ -95,6 +95,10 @@ class LoadedModel(ABC):
         return None
 
 
+# Engines whose models are local HF folders or GGUF files: any source `resolve_model` accepts works.
+BUILTIN_SOURCES_ENGINES = ("transformers", "llamacpp", "vllm")
+
+
 def choose_engine(model: str | Path, engine: str | None = None) -> str:
     """The engine for a model: the one asked for, else the first built-in that accepts the path."""
     if engine is not None:
@@ -115,9 +119,13 @@ def open_model(
         options = model
     else:
         options = replace(options or ModelOptions(), model=str(model), engine=engine or (options and options.engine))
+    from zhllama.core.checkpoint.sources import resolve_model
+
     options = options.validated()
     path = Path(options.model)
-    if not path.exists():
+    if options.engine is None or options.engine in BUILTIN_SOURCES_ENGINES:
+        path = resolve_model(options.model)  # hub ids and Meta/TencentPretrain folders become HF folders
+    elif not path.exists():
         raise UserError(f"{path}: model not found")
     cls = registry.load("engines", choose_engine(path, options.engine))
     return cls.load(path, options)
