@@ -15,6 +15,7 @@ from zhllama.core import console
 from zhllama.core.assets import data_path
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub (hub ids come from a local cache)
 SHARED_DATA = Path(os.environ.get("ZHLLAMA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -72,8 +72,12 @@ def root(
 
 
 def _quiet_libraries(debug: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not Path("/proc/driver/nvidia").exists():
+        # DeepSpeed (imported by transformers' save_pretrained when installed) announces "Setting
+        # accelerator to CPU" on stdout when it has to guess, which would corrupt --json output;
+        # naming the accelerator makes that an unprinted info line. GPU machines keep detection.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

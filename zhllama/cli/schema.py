@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -44,7 +43,7 @@ def with_options(cls: type, keyword: str, exclude: tuple[str, ...] = ()) -> Call
     def decorate(command: Callable) -> Callable:
         generated = parameters(cls, exclude)
         names = {p.name for p in generated}
-        hints = typing.get_type_hints(command, include_extras=True)  # modules use postponed annotations
+        hints = _own_annotations(command, skip=keyword)
         own = [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
             for p in inspect.signature(command).parameters.values()
@@ -66,3 +65,16 @@ def with_options(cls: type, keyword: str, exclude: tuple[str, ...] = ()) -> Call
         return wrapper
 
     return decorate
+
+
+def _own_annotations(command: Callable, skip: str) -> dict[str, Any]:
+    """The command's annotations, evaluated (modules use postponed annotations), except `skip`'s.
+
+    The option-group parameter is left out: its class may be imported for type checking only.
+    """
+    hints = {}
+    for name, annotation in inspect.get_annotations(command).items():
+        if name in (skip, "return"):
+            continue
+        hints[name] = eval(annotation, command.__globals__) if isinstance(annotation, str) else annotation  # noqa: S307
+    return hints
