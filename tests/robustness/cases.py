@@ -8,6 +8,7 @@ private `Workspace`, the exit code and a regex the single `zhllama: error:` line
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -370,6 +371,18 @@ CASES: list[Case] = [
         "usage",
         lambda w: ["--config", w.broken_yaml, "vocab", "stats"],
         r"broken_yaml\.yaml: invalid YAML",
+    ),
+    Case(
+        "config-non-utf8",
+        "non-utf8",
+        lambda w: ["--config", w.bad_text, "vocab", "stats"],
+        r"bad_text\.txt: not UTF-8 text \(byte 25",
+    ),
+    Case(
+        "vocab-train-input-is-fifo",
+        "missing-input",
+        lambda w: ["vocab", "train", "-i", w.make("fifo", lambda w, p: os.mkfifo(p)), "--vocab-size", 300, "-o", w.out],
+        r"fifo: not a regular file",
     ),
     Case(
         "config-unknown-key",

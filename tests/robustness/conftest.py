@@ -21,7 +21,7 @@ BAD_UTF8 = "第一行没有问题\n".encode() + b"caf\xe9 latin-1\n"
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """relative path -> sha256 (files), 'dir' (folders), 'link -> target' (symlinks)."""
+    """relative path -> sha256 (files), 'dir' (folders), 'link -> target' (symlinks), 'special'."""
     state: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         key = path.relative_to(root).as_posix()
@@ -29,8 +29,10 @@ def snapshot(root: Path) -> dict[str, str]:
             state[key] = f"link -> {path.readlink()}"
         elif path.is_dir():
             state[key] = "dir"
-        else:
+        elif path.is_file():
             state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            state[key] = "special"  # a FIFO: reading it would block
     return state
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_text_file
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -18,8 +19,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    text = read_text_file(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -62,8 +62,10 @@ def _check_text_file(path: PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{p}: is a folder, expected a text file")
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"{p}: no such file")
+    if not p.is_file():
+        raise UserError(f"{p}: not a regular file")
     return p
 
 
