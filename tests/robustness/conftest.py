@@ -78,6 +78,7 @@ def sources(artifacts, base_tokenizer, merged_tokenizer, zh_sp_model, tiny_zh_mo
         "text": data_path("corpus_zh.txt"),
         "instructions": data_path("instructions.json"),
         "conversations": data_path("conversations.jsonl"),
+        "prefs": data_path("preference_pairs.jsonl"),
         "ceval": data_path("ceval"),
         "bad_text": root / "bad.txt",
         "empty_text": root / "empty.txt",
