@@ -211,6 +211,11 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(resume_checkpoint(cfg)) if cfg.resume else None)
     seconds = time.perf_counter() - start
     extra = metrics()
+    if trainer.is_world_process_zero():  # the shared summary table shows losses; these are the task's numbers
+        shown = [
+            f"{k.replace('_', ' ')} {v:.4g}" for k, v in extra.items() if isinstance(v, float) and math.isfinite(v)
+        ]
+        console.log(f"{kind}: " + ", ".join(shown))
     losses = history(trainer, "loss")
     tokens = max((int(e["num_tokens"]) for e in trainer.state.log_history if "num_tokens" in e), default=0)
     summary = {
