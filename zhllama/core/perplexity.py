@@ -344,6 +344,7 @@ def gguf_window_nll(llama_cpp, ctx, n_vocab: int, ids: list[int], context: int, 
     try:
         for begin, end, new in windows(len(ids), context, stride):
             n = end - begin
+            new = min(new, n - 1)  # a window's first token has no context in it (as the shifted labels of hf_nll)
             first = n - new - 1  # the row predicting the first scored token
             for i, token in enumerate(ids[begin:end]):
                 batch.token[i] = token

@@ -18,7 +18,6 @@ class Exam(BenchmarkPlugin):
     description = ""
     requires: tuple[str, ...] = ()
     install_hint = ""
-    kind = "mcq"
     splits: tuple[str, ...] = ()  # the first is the default
     prompt_styles: tuple[str, ...] = ("default", "cla2")
     cla2_system = "You are a helpful assistant. 你是一个乐于助人的助手。"  # the CLA2 C-Eval evaluator's

@@ -40,7 +40,6 @@ class LongBench(BenchmarkPlugin):
     description = "LongBench (v1) and LongBench-E: Chinese + code tasks shipped, English with the official configs"
     requires = ("jieba", "rouge")
     install_hint = "pip install jieba rouge"
-    kind = "longbench"
 
     @classmethod
     def typer_command(cls):

@@ -1,0 +1,106 @@
+"""GGUF perplexity tokens/s: `zhllama eval ppl` (llama.cpp backend) vs a llama-perplexity-style loop (goal >= 0.8x).
+
+The baseline is written here as llama.cpp's `llama-perplexity` works: one decode per window of
+`context` tokens, then log-softmax in float32 over the scored rows. For reference the previous
+implementation's cost is also measured (float64 `logaddexp.reduce` over every row of the window).
+All three must give the same perplexity. Model: SmolLM2-135M-Instruct Q4_1 (see benchmarks/eval.py)
+or, without it, a tiny GGUF written by `quantize gguf`. Text: the shared Chinese Wikipedia corpus.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.eval import SHARED, smollm2_gguf
+from zhllama.core.assets import data_path
+
+CONTEXT = 512
+CHARS = 6000
+
+
+def baseline_nll(llm, ids: list[int], context: int, float64_all_rows: bool = False) -> tuple[float, int]:
+    """Disjoint windows; every token after the first of each window is scored."""
+    import numpy as np
+
+    total, count = 0.0, 0
+    for begin in range(0, len(ids), context):
+        window = ids[begin : begin + context]
+        if begin == 0 and len(window) < 2:
+            break
+        llm.reset()
+        llm.eval(window)
+        n = len(window)  # tokens 1..n-1 of each window are scored (as zhllama with stride == context)
+        if float64_all_rows:
+            logits = np.asarray(llm.scores[:n], dtype=np.float64)
+            logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+            rows = logp[: n - 1]
+        else:
+            rows = np.asarray(llm.scores[: n - 1], dtype=np.float32)
+            top = rows.max(axis=1, keepdims=True)
+            rows = rows - (np.log(np.exp(rows - top).sum(axis=1, keepdims=True, dtype=np.float32)) + top)
+        targets = np.asarray(window[1:])
+        total -= float(rows[np.arange(n - 1), targets].sum(dtype=np.float64))
+        count += n - 1
+    return total, count
+
+
+def main() -> dict:
+    from llama_cpp import Llama
+
+    from zhllama.core import console
+    from zhllama.core.perplexity import perplexity
+
+    console.SETTINGS.quiet = True
+    corpus = SHARED / "corpus" / "zh_wiki_cmrc2018_contexts.txt"
+    source = corpus if corpus.is_file() else data_path("corpus_zh.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_text(source.read_text(encoding="utf-8")[:CHARS], encoding="utf-8")
+        gguf = smollm2_gguf()
+        if gguf is None:
+            from benchmarks.eval import tiny_folder
+            from zhllama.core.quantize.gguf_export import write_gguf
+
+            gguf = Path(tmp) / "tiny.gguf"
+            write_gguf(tiny_folder(Path(tmp)), gguf, "Q8_0")
+        start = time.perf_counter()
+        ours = perplexity(gguf, text_file, context=CONTEXT, progress=False)
+        ours_s = time.perf_counter() - start
+        llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, logits_all=True, verbose=False)
+        try:
+            ids = llm.tokenize(text_file.read_text(encoding="utf-8").strip().encode("utf-8"), add_bos=True)
+            timings, nlls = {}, {}
+            for name, old in (("llama_perplexity_style", False), ("previous_float64_all_rows", True)):
+                start = time.perf_counter()
+                nlls[name] = baseline_nll(llm, ids, CONTEXT, float64_all_rows=old)
+                timings[name] = time.perf_counter() - start
+        finally:
+            llm.close()
+    tokens = ours.tokens_scored
+    ppl = {name: math.exp(t / c) for name, (t, c) in nlls.items()}
+    result = {
+        "model": gguf.name,
+        "tokens_scored": tokens,
+        "context": CONTEXT,
+        "zhllama_tok_per_s": tokens / ours_s,
+        "llama_perplexity_style_tok_per_s": nlls["llama_perplexity_style"][1] / timings["llama_perplexity_style"],
+        "previous_tok_per_s": nlls["previous_float64_all_rows"][1] / timings["previous_float64_all_rows"],
+        "perplexity": ours.perplexity,
+        "baseline_perplexity": ppl["llama_perplexity_style"],
+        "same_tokens": tokens == nlls["llama_perplexity_style"][1],
+    }
+    result["ratio"] = result["zhllama_tok_per_s"] / result["llama_perplexity_style_tok_per_s"]
+    print(
+        f"GGUF perplexity ({gguf.name}, {tokens} tokens, context {CONTEXT}): zhllama {result['zhllama_tok_per_s']:.0f} "
+        f"tok/s vs llama-perplexity-style loop {result['llama_perplexity_style_tok_per_s']:.0f} tok/s -> "
+        f"{result['ratio']:.2f}x (goal >= 0.8x); previous implementation {result['previous_tok_per_s']:.0f} tok/s; "
+        f"PPL {ours.perplexity:.4f} vs {result['baseline_perplexity']:.4f}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
