@@ -54,7 +54,7 @@ def test_piped_stdin_one_answer_per_line(tiny_zh_model, zh_model):
 
 def test_bad_flags_are_user_errors(run_cli, tiny_zh_model, tmp_path):
     code, _, err = run_cli("chat", "-m", tmp_path / "missing", "--prompt", "x")
-    assert code == 2 and "model not found" in err
+    assert code == 2 and "missing: no such model" in err
     code, _, err = run_cli("chat", "-m", tiny_zh_model, "--template", "alpacca", "--prompt", "x")
     assert code == 2 and "did you mean 'alpaca'" in err
     code, _, err = run_cli(

@@ -108,10 +108,10 @@ def test_chat_template_jinja_file_is_found(chatml_model_dir, tmp_path):
 
 
 def test_runtime_uses_the_models_template_by_default(chatml_model_dir):
-    from zhllama.core.engine import LoadOptions
     from zhllama.core.generation.runtime import load_runtime
+    from zhllama.core.loading.options import ModelOptions
 
-    runtime = load_runtime(chatml_model_dir, LoadOptions())
+    runtime = load_runtime(ModelOptions(model=str(chatml_model_dir)))
     try:
         assert runtime.template.name == "hf"
         hf = runtime.model.tokenizer.hf

@@ -1,4 +1,9 @@
-"""`zhllama serve`: an OpenAI-compatible HTTP API for a model (FastAPI + uvicorn, loopback by default)."""
+"""`zhllama serve`: an OpenAI-compatible HTTP API for a model (FastAPI + uvicorn, loopback by default).
+
+The app itself is the `zhllama.server` package; this command loads the model with the same flags as
+`chat` (`ModelOptions` + `AnswerOptions`: the sampling flags become the defaults of requests that
+omit a field) and runs uvicorn.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +11,22 @@ from typing import Annotated
 
 import typer
 
-from zhllama.cli.commands.chat import (
-    ContextLength,
-    DraftK,
-    DraftModel,
-    Dtype,
-    Engine,
-    Load,
-    Lora,
-    Model,
-    RepetitionPenalty,
-    RopeFactor,
-    RopeScaling,
-    SystemPrompt,
-    Temperature,
-    TemplateName,
-    TopK,
-    TopP,
-    load_options,
-)
+from zhllama.cli.commands.chat import answer_options_command
+from zhllama.cli.model_options import ModelOptions, model_options_command
 from zhllama.cli.options import examples
 from zhllama.core import console
-from zhllama.core.engine import GenerationParams
+from zhllama.core.generation.options import AnswerOptions
 from zhllama.core.registry import missing_modules
 
 API_KEY_ENV = "ZHLLAMA_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+@model_options_command
+@answer_options_command
 def serve(
-    model: Model,
+    model_options: ModelOptions,
+    answer: AnswerOptions,
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (loopback unless you open it up).")
     ] = "127.0.0.1",
@@ -42,7 +34,10 @@ def serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            "--api-key", envvar=API_KEY_ENV, help=f"Require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})."
+            "--api-key",
+            envvar=API_KEY_ENV,
+            help=f"Require 'Authorization: Bearer KEY' on every route, /docs and /openapi.json too "
+            f"(or set {API_KEY_ENV}).",
         ),
     ] = None,
     name: Annotated[
@@ -54,51 +49,32 @@ def serve(
     max_request_bytes: Annotated[
         int, typer.Option("--max-request-bytes", min=1024, help="Largest request body accepted.")
     ] = 1 << 20,
-    lora: Lora = None,
-    load: Load = None,
-    engine: Engine = None,
-    dtype: Dtype = None,
-    template: TemplateName = "auto",
-    system_prompt: SystemPrompt = None,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", min=1, help="max_tokens when a request omits it.")
-    ] = 512,
-    temperature: Temperature = 0.2,
-    top_p: TopP = 0.9,
-    top_k: TopK = 40,
-    repetition_penalty: RepetitionPenalty = 1.1,
-    rope_scaling: RopeScaling = None,
-    rope_factor: RopeFactor = None,
-    context_length: ContextLength = None,
-    draft_model: DraftModel = None,
-    draft_k: DraftK = "auto",
 ) -> None:
-    """Serve /v1/models, /v1/chat/completions and /v1/completions (streaming too) for one model."""
-    from zhllama.core.errors import MissingDependencyError
+    """Serve /v1/models, /v1/chat/completions, /v1/completions (streaming too) and /v1/embeddings for one model."""
+    from dataclasses import replace
+
+    from zhllama.core.errors import MissingDependencyError, UserError
 
     missing = missing_modules(("fastapi", "uvicorn"))
     if missing:
         raise MissingDependencyError(f"serve needs {', '.join(missing)}; install it with: pip install 'zhllama[serve]'")
+    answer = answer.validated()
+    if answer.guidance_scale is not None or answer.negative_prompt is not None:
+        raise UserError(
+            "--guidance-scale/--negative-prompt: serve takes them per request (guidance_scale, negative_prompt)"
+        )
     import uvicorn
 
-    from zhllama.core.generation.runtime import load_runtime
-    from zhllama.core.server import ServerLimits, create_app
+    from zhllama.core.generation.runtime import load_for_answers
+    from zhllama.server import ServerLimits, create_app
 
-    defaults = GenerationParams(
-        max_new_tokens=min(max_new_tokens, max_tokens_limit),
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        repetition_penalty=repetition_penalty,
-        greedy=temperature == 0,
-    )
-    options = load_options(lora, load, dtype, rope_scaling, rope_factor, context_length)
-    runtime = load_runtime(model, options, engine, template, system_prompt, draft_model, draft_k)
+    defaults = replace(answer.params(), max_new_tokens=min(answer.max_new_tokens, max_tokens_limit))
+    runtime = load_for_answers(model_options, answer)
     if name:
         runtime.name = name
     limits = ServerLimits(max_tokens=max_tokens_limit, max_request_bytes=max_request_bytes)
     app = create_app(runtime, defaults, api_key or None, limits)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if host not in LOOPBACK and not api_key:
         console.warn(f"serving on {host} without --api-key: anyone who can reach this port can use the model")
     console.log(f"serving '{runtime.name}' on http://{host}:{port}/v1 (Ctrl-C to stop)")
     try:
@@ -114,5 +90,6 @@ def register(app: typer.Typer) -> None:
             "zhllama serve --model chinese-alpaca-2-7b --port 8000",
             "zhllama serve --model model-q4_0.gguf --api-key secret --host 0.0.0.0",
             'curl -s localhost:8000/v1/chat/completions -d \'{"messages":[{"role":"user","content":"你好"}]}\'',
+            'curl -s localhost:8000/v1/embeddings -d \'{"input":["北京是中国的首都。","上海"]}\'',
         ),
     )(serve)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zhllama.core import console
-from zhllama.core.engine import GenerationParams, LoadedModel, LoadOptions, open_model
+from zhllama.core.engine import GenerationParams, LoadedModel, open_model
 from zhllama.core.errors import UserError
 from zhllama.core.generation.guidance import Guidance, check_scale, make_guidance
 from zhllama.core.generation.respond import Reply, with_template_stops
 from zhllama.core.generation.speculative import SpeculativeDecoder, parse_draft_k
+from zhllama.core.loading.options import ModelOptions
 from zhllama.core.templates import Message, Template, check_template_name, encode, resolve_template
 
 
@@ -84,28 +85,38 @@ class ChatRuntime:
 
 
 def load_runtime(
-    model: Path,
-    options: LoadOptions,
-    engine: str | None = None,
+    options: ModelOptions,
     template: str = "auto",
     system: str | None = None,
     draft_model: Path | None = None,
     draft_k: str = "auto",
 ) -> ChatRuntime:
+    """The model of `options` (plus a speculative draft) with its template resolved."""
     check_template_name(template)  # fail on bad names and values before the slow model load
     if draft_model is not None:
         parse_draft_k(draft_k)
-    console.log(f"loading {model} ...")
-    loaded = open_model(model, engine, options)
+    console.log(f"loading {options.model} ...")
+    loaded = open_model(options)
     try:
         chosen = resolve_template(template, loaded.tokenizer)
     except BaseException:
         loaded.close()
         raise
-    runtime = ChatRuntime(loaded, chosen, Path(model).name, system=system)
+    runtime = ChatRuntime(loaded, chosen, Path(str(options.model).rstrip("/")).name, system=system)
     if draft_model is not None:
         console.log(f"loading draft model {draft_model} ...")
-        draft_options = LoadOptions(dtype=options.dtype, context_length=loaded.context_length)
-        runtime.draft = open_model(draft_model, engine, draft_options)
+        draft_options = ModelOptions(
+            model=str(draft_model),
+            engine=options.engine,
+            device=options.device,
+            dtype=options.dtype,
+            context_length=loaded.context_length,
+        )
+        runtime.draft = open_model(draft_options)
         runtime.decoder = SpeculativeDecoder(loaded, runtime.draft, draft_k)
     return runtime
+
+
+def load_for_answers(options: ModelOptions, answer) -> ChatRuntime:
+    """`load_runtime` from an `AnswerOptions` (chat, serve, webui, predict)."""
+    return load_runtime(options, answer.template, answer.system_prompt, answer.draft_model, answer.draft_k)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import openai
@@ -15,45 +13,20 @@ import pytest
 
 from zhllama.core.engine import GenerationParams
 from zhllama.core.generation.runtime import ChatRuntime
-from zhllama.core.server import ServerLimits, create_app
 from zhllama.core.templates import get_template
+from zhllama.server import ServerLimits, create_app
 
 NAME = "tiny-zh"
 KEY = "sekret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def live_server(app):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+@pytest.fixture(scope="module")
+def runtime(served_model):
+    return ChatRuntime(served_model, get_template("llama2-zh"), NAME)
 
 
 @pytest.fixture(scope="module")
-def runtime(zh_model):
-    return ChatRuntime(zh_model, get_template("llama2-zh"), NAME)
-
-
-@pytest.fixture(scope="module")
-def server_url(runtime):
+def server_url(runtime, live_server):
     app = create_app(
         runtime,
         GenerationParams(max_new_tokens=16),
@@ -153,7 +126,7 @@ def test_bad_requests_get_openai_errors(client, server_url):
     assert httpx.get(f"{server_url}/v1/nope").json()["error"]["type"] == "invalid_request_error"
 
 
-def test_api_key(runtime):
+def test_api_key(runtime, live_server):
     app = create_app(runtime, GenerationParams(max_new_tokens=4), api_key=KEY)
     with live_server(app) as url:
         good = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
@@ -182,7 +155,7 @@ def test_concurrent_requests_queue_and_match_sequential(client, server_url):
     assert asyncio.run(burst()) == expected
 
 
-def test_client_disconnect_stops_generation(runtime, monkeypatch):
+def test_client_disconnect_stops_generation(runtime, monkeypatch, live_server):
     from zhllama.core.generation import respond
 
     prompt_ids = runtime.completion_ids("北京")
@@ -220,13 +193,13 @@ def test_client_disconnect_stops_generation(runtime, monkeypatch):
 
 
 @pytest.mark.slow
-def test_serve_command_end_to_end(tiny_zh_model):
+def test_serve_command_end_to_end(tiny_zh_model, free_port):
     """`zhllama serve` as users start it: loopback, API key, model id from the folder name."""
     import os
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "zhllama", "serve", "-m", str(tiny_zh_model), "--port", str(port), "--api-key", KEY]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
