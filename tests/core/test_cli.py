@@ -48,9 +48,68 @@ def test_debug_shows_traceback(run_cli, tmp_path):
 
 
 def test_usage_error_exit_2(run_cli):
-    code, _, err = run_cli("vocab", "train", "--vocab-size", "nope")
-    assert code == 2
-    assert "Invalid value" in err or "nope" in err
+    code, out, err = run_cli("vocab", "train", "--vocab-size", "nope")
+    assert (code, out) == (2, "")
+    assert err.strip() == (
+        "zhllama: error: Invalid value for '--vocab-size': Input should be a valid integer, unable to parse string "
+        "as an integer "
+        "(see 'zhllama vocab train --help')"
+    )
+
+
+HEAVY = ("torch", "transformers", "peft", "datasets", "trl", "gradio", "fastapi", "llama_cpp", "deepspeed")
+
+
+def test_building_the_cli_and_every_help_imports_no_heavy_library():
+    """`zhllama --help`, `--version` and every `CMD --help` start without torch & co (start-up time)."""
+    script = f"""
+import sys
+from zhllama.cli.app import build_cli, run
+cli = build_cli()
+paths = []
+def walk(cmd, prefix):
+    subs = getattr(cmd, "commands", None)
+    if isinstance(subs, dict):
+        for name, sub in subs.items():
+            walk(sub, [*prefix, name])
+    else:
+        paths.append(prefix)
+walk(cli, [])
+codes = [run([*p, "--help"]) for p in paths] + [run(["--version"]), run(["--help"])]
+print(len(paths), set(codes), sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    count, codes, heavy = done.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert int(count) >= 20 and codes == "{0}" and heavy == "[]"
+
+
+INFERENCE_COMMANDS = (
+    ("chat",),
+    ("serve",),
+    ("predict",),
+    ("webui",),
+    ("eval", "ceval"),
+    ("eval", "cmmlu"),
+    ("eval", "longbench"),
+    ("eval", "ppl"),
+)
+
+
+def test_every_inference_command_has_the_same_model_flags():
+    """One `ModelOptions` schema: same flags, spellings and help on chat, serve, predict, webui, every eval."""
+    from zhllama.cli.app import build_cli
+    from zhllama.core.loading.options import ModelOptions
+    from zhllama.core.schema import field_specs
+
+    expected = {spec.flags: spec.help for spec in field_specs(ModelOptions)}
+    cli = build_cli()
+    for path in INFERENCE_COMMANDS:
+        command = cli
+        for name in path:
+            command = command.commands[name]
+        found = {tuple(p.opts): p.help for p in command.params if tuple(p.opts) in expected}
+        assert found == expected, " ".join(path)
 
 
 def test_config_file_supplies_options_and_flags_override(run_cli, tmp_path, base_tokenizer):
