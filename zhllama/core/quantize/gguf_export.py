@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from zhllama.core.checkpoint import names, rope_config
-from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, read_json
+from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, read_json, require_positive
 from zhllama.core.errors import UserError
 from zhllama.core.quantize.gguf_vocab import check_tokenizer_files, write_vocab
 
@@ -36,6 +36,17 @@ FILE_TYPES = {
 OUTPUT_PRECISION = {"Q4_0": "Q8_0", "Q4_1": "Q8_0", "Q5_0": "Q8_0", "Q5_1": "Q8_0"}
 
 
+def check_model(model_dir: Path) -> dict:
+    """Read and check everything a GGUF is built from (config, every shard, tokenizer files)."""
+    config = read_config(model_dir)
+    if config.get("model_type") != "llama":
+        raise UserError(f"{model_dir}: architecture '{config.get('model_type')}' is not supported (llama only)")
+    require_positive(model_dir / "config.json", config, ("vocab_size", "intermediate_size"))
+    plan_shards(model_dir)  # truncated files, offsets past the end, index naming missing shards
+    check_tokenizer_files(model_dir)
+    return config
+
+
 def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress=None) -> dict:
     """Convert `model_dir` into the GGUF file `output` (a path that the caller renames into place).
 
@@ -48,11 +59,7 @@ def write_gguf(model_dir: str | Path, output: Path, qtype: str = "F16", progress
     qtype = qtype.upper()
     if qtype not in TYPES:
         raise UserError(f"--type: '{qtype}' is not one of {', '.join(TYPES)} (K-quants need the llamacpp extra)")
-    config = read_config(model_dir)
-    if config.get("model_type") != "llama":
-        raise UserError(f"{model_dir}: architecture '{config.get('model_type')}' is not supported (llama only)")
-    plan_shards(model_dir)  # validate every shard (truncated files, index) before writing
-    check_tokenizer_files(model_dir)
+    config = check_model(model_dir)
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     vocab_size = config["vocab_size"]
