@@ -1,11 +1,20 @@
 """Long context by RoPE scaling: `linear`, `dynamic`, `yarn` (transformers' own), `ntk` (fixed or auto).
 
-- `linear|dynamic|yarn F`: written into the model config's `rope_parameters` before loading, so the
-  model's own rotary embedding does the work exactly as transformers defines it.
-- `ntk ALPHA`: the base becomes base * alpha^(d/(d-2)) (d = head dim): a plain config change.
-- `ntk auto`: the Chinese-LLaMA-Alpaca adaptive rule. While the sequence length L fits the trained
-  context P the base is kept; beyond it alpha = L / (P/2) - 1 is recomputed at every decoding step
-  (`AutoNTK.update`), so short prompts run exactly like the unscaled model.
+Everything composes with the model's OWN scaling (a 16K model's `linear x4` in config.json), as
+Chinese-LLaMA-Alpaca-2's `attn_and_long_ctx_patches.py` does (positions / scaling_factor, NTK on
+the base):
+
+- `ntk ALPHA`: the base becomes base * alpha^(d/(d-2)) (d = head dim), inside the config's own
+  scaling (`rope_theta` of its rope parameters), so a linear x4 model stays linear x4 on the new base.
+- `ntk auto`: the adaptive rule. While the sequence length L fits the trained context P
+  (`max_position_embeddings`) the model runs exactly as configured; beyond it
+  alpha = L / (P/2) - 1 is recomputed at every decoding step (`AutoNTK.update`) and the NTK
+  frequencies keep the model's own per-frequency scaling (÷4 for linear x4).
+- `linear|dynamic|yarn F`: written into the config's `rope_parameters` before loading, so the
+  model's own rotary embedding does the work exactly as transformers defines it. On a model that
+  already has scaling, linear on linear composes (factors multiply); any other pair is refused with
+  a message rather than silently replacing the model's scaling. `dynamic` models take no NTK on
+  top (transformers rescales them itself).
 """
 
 from __future__ import annotations
@@ -69,21 +78,46 @@ class RopePlan:
     dim: int = 0
 
 
+def own_scaling(config) -> dict:
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.setdefault("rope_type", "default")
+    return params
+
+
+def _refuse(method: str, own: dict, why: str) -> UserError:
+    kind = f"{own['rope_type']} x{own.get('factor')}"
+    return UserError(f"--rope-scaling {method}: the model's config.json already has rope scaling {kind}; {why}")
+
+
 def configure(config, method: str | None, factor: str | float | None) -> RopePlan:
     """Apply `method`/`factor` to a transformers config (in place) before the model is built."""
     trained = config.max_position_embeddings
-    base = float(config.rope_parameters["rope_theta"])
+    own = own_scaling(config)
+    base = float(own.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     if method is None:
         if factor is not None:
             raise UserError("--rope-factor: give --rope-scaling too (linear, dynamic, ntk or yarn)")
         return RopePlan(trained, base=base)
     value = parse_factor(method, factor)
     dim = head_dim(config)
-    if value == "auto":
-        return RopePlan(trained * AUTO_CONTEXT_MULTIPLE, auto=True, trained=trained, base=base, dim=dim)
+    scaled = own["rope_type"] != "default"
     if method == "ntk":
-        config.rope_parameters = {"rope_type": "default", "rope_theta": ntk_base(base, value, dim)}
+        if own["rope_type"] == "dynamic":
+            raise _refuse(method, own, "transformers already rescales it by length (use it as is)")
+        if value == "auto":
+            return RopePlan(trained * AUTO_CONTEXT_MULTIPLE, auto=True, trained=trained, base=base, dim=dim)
+        config.rope_parameters = {**own, "rope_theta": ntk_base(base, value, dim)}
         return RopePlan(int(trained * value), base=base)
+    if scaled:
+        if method == "linear" and own["rope_type"] == "linear":
+            config.rope_parameters = {**own, "factor": float(own["factor"]) * value}
+            return RopePlan(int(trained * value), base=base)
+        raise _refuse(
+            method,
+            own,
+            "a second scaling would replace it. Use --rope-scaling ntk (it composes with the model's "
+            "scaling), or linear on a linear model",
+        )
     params = {"rope_type": method, "rope_theta": base, "factor": value}
     if method == "yarn":
         params["original_max_position_embeddings"] = trained
@@ -92,17 +126,31 @@ def configure(config, method: str | None, factor: str | float | None) -> RopePla
 
 
 class AutoNTK:
-    """Keeps a loaded model's rotary inverse frequencies right for the current sequence length."""
+    """Keeps a loaded model's rotary inverse frequencies right for the current sequence length.
+
+    The model's own scaling is kept: at load, the ratio between the rotary embedding's frequencies
+    and the plain ones (1/4 everywhere for linear x4; per frequency for YaRN or llama3) is recorded
+    and applied to the NTK frequencies, as CLA2 divides positions by the scaling factor.
+    """
 
     def __init__(self, rotary_embedding, plan: RopePlan):
         self.rotary = rotary_embedding
         self.plan = plan
         self.alpha: float | None = None
+        self.original = rotary_embedding.inv_freq.detach().clone()
+        self.ratio = self.original.float() / inv_freq(plan.dim, plan.base).to(self.original.device)
+
+    def frequencies(self, seq_len: int):
+        alpha = auto_alpha(seq_len, self.plan.trained)
+        if alpha is None:
+            return self.original
+        return (
+            inv_freq(self.plan.dim, ntk_base(self.plan.base, alpha, self.plan.dim)).to(self.ratio.device) * self.ratio
+        )
 
     def update(self, seq_len: int) -> None:
         alpha = auto_alpha(seq_len, self.plan.trained)
         if alpha == self.alpha:
             return
-        base = self.plan.base if alpha is None else ntk_base(self.plan.base, alpha, self.plan.dim)
-        self.rotary.inv_freq.copy_(inv_freq(self.plan.dim, base).to(self.rotary.inv_freq.device))
+        self.rotary.inv_freq.copy_(self.frequencies(seq_len).to(self.rotary.inv_freq.dtype))
         self.alpha = alpha
