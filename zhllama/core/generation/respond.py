@@ -8,6 +8,7 @@ Iterating it yields text chunks as soon as they are final; leaving the loop earl
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -57,16 +58,16 @@ class Reply:
     def _tokens(self) -> Iterator[int]:
         if self.decoder is not None:
             return self.decoder.generate(self.prompt_ids, self.params, self.stopper)
-        if hasattr(self.model, "session"):
-            pre = (self.guidance.processor(self.model),) if self.guidance is not None else ()
-            sampler = Sampler(self.params, pre=pre)
-            return decode(
-                self.model.session(), self.model.tokenizer, self.prompt_ids, self.params, (), self.stopper, sampler
-            )
+        if self.guidance is not None or self.stopper.logprobs is not None:  # needs the shared loop's logits
+            sampler = Sampler(self.params, pre=(self.guidance.processor(self.model),) if self.guidance else ())
+            session = self.model.session()
+            return decode(session, self.model.tokenizer, self.prompt_ids, self.params, (), self.stopper, sampler)
+        if "stopper" in inspect.signature(self.model.generate).parameters:
+            return self.model.generate(self.prompt_ids, self.params, stopper=self.stopper)
         return self._engine_tokens()
 
     def _engine_tokens(self) -> Iterator[int]:
-        """An engine with its own loop (vLLM): its ids go through the same stop rule."""
+        """An engine whose `generate` takes no `stopper` (vLLM): its ids go through the same stop rule."""
         for token in self.model.generate(self.prompt_ids, self.params):
             if self.stopper.is_end(token):
                 return

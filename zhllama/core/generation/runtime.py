@@ -55,7 +55,7 @@ class ChatRuntime:
             params = replace(params, max_new_tokens=room)
         if guidance is not None and self.decoder is not None:
             raise UserError("--guidance-scale: cannot be combined with --draft-model (speculative decoding)")
-        if logprobs is not None and not hasattr(self.model, "session"):
+        if logprobs is not None and type(self.model).session is LoadedModel.session:
             raise UserError("logprobs: this engine does not report log-probabilities")
         params = with_template_stops(params, self.template, self.model.tokenizer)
         return Reply(self.model, prompt_ids, params, self.decoder, guidance=guidance, logprobs=logprobs)
