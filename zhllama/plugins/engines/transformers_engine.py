@@ -224,8 +224,8 @@ class TransformersModel(LoadedModel):
             )
         return out.logits[:, -1].float()
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
-        return decode(self.session(), self.tokenizer, prompt_ids, params, self.extra_stops)
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, stopper=None) -> Iterator[int]:
+        return decode(self.session(), self.tokenizer, prompt_ids, params, self.extra_stops, stopper)
 
 
 def _apply_loras(model, loras: Sequence[str], vocab_size: int, merge: bool):
