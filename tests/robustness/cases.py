@@ -320,6 +320,18 @@ CASES: list[Case] = [
         lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "--pad-token", "", "-o", w.out],
         r"--pad-token: must not be empty",
     ),
+    Case(
+        "vocab-merge-pad-token-is-bos",
+        "option-range",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "--pad-token", "<s>", "-o", w.out],
+        r"--pad-token: '<s>' is already the bos token",
+    ),
+    Case(
+        "vocab-merge-output-under-a-file",
+        "existing-output",
+        lambda w: ["vocab", "merge", "--base", w.base_tok, "--add", w.sp, "-o", w.text / "merged"],
+        r"text\.txt is not a folder",
+    ),
     # vocab stats
     Case(
         "vocab-stats-non-utf8",
@@ -356,6 +368,25 @@ CASES: list[Case] = [
         "corrupt-file",
         lambda w: ["vocab", "stats", "-t", w.garbage, "--text", w.text],
         r"garbage\.bin",
+    ),
+    Case(
+        "vocab-train-unigram-low-coverage",
+        "option-range",
+        lambda w: [
+            "vocab",
+            "train",
+            "-i",
+            w.text,
+            "--vocab-size",
+            300,
+            "--model-type",
+            "unigram",
+            "--character-coverage",
+            0.5,
+            "-o",
+            w.out,
+        ],
+        r"--character-coverage: 0\.5 is below 0\.98",
     ),
     # global usage
     Case("unknown-command", "usage", lambda w: ["vocabulary"], r"No such command 'vocabulary'"),
@@ -858,6 +889,27 @@ CASES: list[Case] = [
         "output-is-input",
         lambda w: ["tiny-model", "-t", w.tok, "-o", w.tok, "--force"],
         r"output is the input",
+        pending="lead",
+    ),
+    Case(
+        "tiny-model-hidden-size-0",
+        "option-range",
+        lambda w: ["tiny-model", "-t", w.tok, "-o", w.out, "--hidden-size", 0],
+        r"--hidden-size",
+        pending="lead",
+    ),
+    Case(
+        "tiny-model-heads-not-dividing-hidden",
+        "option-range",
+        lambda w: ["tiny-model", "-t", w.tok, "-o", w.out, "--heads", 3],
+        r"--heads",
+        pending="lead",
+    ),
+    Case(
+        "tiny-model-layers-negative",
+        "option-range",
+        lambda w: ["tiny-model", "-t", w.tok, "-o", w.out, "--layers", -1],
+        r"--layers",
         pending="lead",
     ),
 ]

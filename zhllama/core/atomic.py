@@ -34,8 +34,18 @@ _SIBLING = re.compile(
 )
 
 
+def check_parent(path: Path) -> None:
+    """Refuse an output whose nearest existing ancestor is not a folder (`x.txt/out`)."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{path}: cannot be created, {parent} is not a folder")
+            return
+
+
 def check_output_dir(path: Path, force: bool) -> None:
     """Refuse an existing non-empty output directory (or a file in its place) unless forced."""
+    check_parent(path)
     if path.is_file():
         raise UserError(f"{path}: output path is an existing file")
     if path.is_dir() and any(path.iterdir()) and not force:
@@ -44,6 +54,7 @@ def check_output_dir(path: Path, force: bool) -> None:
 
 def check_output_file(path: Path, force: bool) -> None:
     """Refuse an existing output file unless forced, and a folder in its place always."""
+    check_parent(path)
     if path.is_dir():
         raise UserError(f"{path}: output path is an existing folder, expected a file")
     if path.exists() and not force:

@@ -100,6 +100,10 @@ def train(
                 raise UserError(
                     f"--vocab-size: {match.group(1)} is larger than the corpus supports (at most {match.group(2)})"
                 ) from exc
+            if "character_coverage() >= 0.98" in message:
+                raise UserError(
+                    f"--character-coverage: {character_coverage} is below 0.98, which sentencepiece refuses"
+                ) from exc
             match = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
             if match:
                 raise UserError(
@@ -212,6 +216,11 @@ def merge(
     base_proto = spm.load_proto(base_file)
     if base_proto.trainer_spec.model_type != spm.BPE:
         raise UserError(f"{base_file}: base tokenizer must be a SentencePiece BPE model (LLaMA's kind)")
+    if pad_token is not None:
+        specials = {spm.special_id(base_proto, name): name for name in ("unk", "bos", "eos")}
+        taken = specials.get(spm.piece_ids(base_proto).get(pad_token, -1))
+        if taken is not None:
+            raise UserError(f"--pad-token: '{pad_token}' is already the {taken} token of {base_file}")
     add_protos = [spm.load_proto(a) for a in additions]
     merged, stats = merge_protos(base_proto, add_protos, pad_token=pad_token, reference_scores=reference_scores)
     ties = spm.has_score_ties(merged)
