@@ -30,15 +30,17 @@ app = typer.Typer(
 
 
 def run_quantize(
-    method: str, model: Path, output: Path, options, eval_ppl: Path | None, ppl_context: int, force: bool
+    method: str, model: str, output: Path, options, eval_ppl: Path | None, ppl_context: int, force: bool
 ) -> None:
     """Validate everything, write the quantized output atomically, then report (and measure PPL)."""
     from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir
+    from zhllama.core.checkpoint.sources import resolve_model
+    from zhllama.core.paths import check_output
     from zhllama.core.quantize.report import QuantizeReport, check_ppl_data, measure_ppl, weights_size
 
     plugin = registry.load("quantizers", method)()
-    if not (model / "config.json").is_file():
-        raise UserError(f"{model}: not a model folder (no config.json)")
+    model = resolve_model(model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
+    check_output(output, [model, eval_ppl])  # never the input, inside it, or containing it (even --force)
     plugin.validate(model, options)
     if eval_ppl is not None:
         check_ppl_data(eval_ppl, ppl_context)  # before the first byte is written
@@ -73,7 +75,10 @@ def method_command(method: str, options_class: type):
     """The `zhllama quantize METHOD` command: common flags plus the plugin's own."""
 
     def command(
-        model: Annotated[Path, typer.Option("--model", "-m", help="HF model folder.", show_default=False)],
+        model: Annotated[
+            str,
+            typer.Option("--model", "-m", help="HF folder, hub id or Meta/TencentPretrain folder.", show_default=False),
+        ],
         output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (a file for single-file formats).")],
         eval_ppl: Annotated[
             Path | None, typer.Option("--eval-ppl", help="Text file: report perplexity before and after.")
