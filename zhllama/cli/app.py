@@ -24,7 +24,7 @@ from typer._click.globals import get_current_context
 from zhllama import __version__
 from zhllama.core import console
 from zhllama.core.config import CommandDefaults, load_config
-from zhllama.core.errors import EXIT_INTERRUPTED, EXIT_USER, Interrupted, UserError, classify, one_line
+from zhllama.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, Interrupted, UserError, classify, one_line
 
 CONFIG_META_KEY = "zhllama.config"
 
@@ -195,7 +195,7 @@ def run(argv: list[str] | None = None) -> int:
     console.SETTINGS.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     console.begin_command()
     previous = _install_signal_handlers()
-    line = None
+    code, line = EXIT_INTERNAL, None
     try:
         try:
             cli = build_cli()
@@ -214,12 +214,12 @@ def run(argv: list[str] | None = None) -> int:
             code, line = classify(exc)
             if console.SETTINGS.debug:
                 traceback.print_exc()
-    finally:
+    finally:  # also when SystemExit passes through
         _restore_signal_handlers(previous)
-    console.end_command(code == 0)
-    if line is not None:
-        print(line, file=sys.stderr)
-    sys.stderr.flush()
+        console.end_command(code == 0 and line is None)
+        if line is not None:
+            print(line, file=sys.stderr)
+        sys.stderr.flush()
     return code
 
 
