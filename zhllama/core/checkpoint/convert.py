@@ -42,7 +42,9 @@ def _read_foreign(src: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict, 
         config = pth.hf_config(params, state, rope_config.read_overrides(src), bos, eos)
     else:
         state, tp = tencentpretrain.read_tp(src)
-        config = tencentpretrain.hf_config(tp, state, bos, eos)
+        config = rope_config.apply_overrides(
+            tencentpretrain.hf_config(tp, state, bos, eos), rope_config.read_overrides(src)
+        )
     rows = state["model.embed_tokens.weight"].shape[0]
     if len(proto.pieces) > rows:
         raise UserError(f"{tokenizer}: {len(proto.pieces)} pieces but the checkpoint's embedding has {rows} rows")

@@ -81,9 +81,7 @@ def write_pth(tensors: Iterator[tuple[str, torch.Tensor]], config: dict, out: Pa
     for i, shard in enumerate(shards):
         torch.save(shard, out / f"consolidated.{i:02d}.pth")
     (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    if overrides:
-        body = {"config": overrides}
-        (out / rope_config.OVERRIDES_FILE).write_text(json.dumps(body, indent=2) + "\n")
+    rope_config.write_overrides(out, overrides)
     return n
 
 

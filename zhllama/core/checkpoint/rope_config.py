@@ -14,6 +14,7 @@ reads both, the way llama.cpp's converter does. The writers:
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -172,6 +173,19 @@ def meta_fields(config: dict) -> tuple[dict, dict]:
     if "max_position_embeddings" in config:
         overrides["max_position_embeddings"] = config["max_position_embeddings"]
     return fields, overrides
+
+
+def overrides_for(config: dict) -> dict:
+    """The overrides a layout without rope fields (TencentPretrain) needs to keep the config's rope."""
+    p = parameters(config)
+    if p["rope_type"] == "default" and p["rope_theta"] == DEFAULT_THETA:
+        return {}
+    return {"rope_parameters": p}
+
+
+def write_overrides(folder: Path, overrides: dict) -> None:
+    if overrides:
+        (folder / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
 
 
 def from_meta(params: dict) -> dict:

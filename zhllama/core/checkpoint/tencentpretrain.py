@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from zhllama.core.checkpoint import names
+from zhllama.core.checkpoint import names, rope_config
 from zhllama.core.checkpoint.shards import llama_config, load_bin, read_json, require_positive
 from zhllama.core.errors import UserError
 
@@ -136,3 +136,4 @@ def write_tp(tensors: Iterator[tuple[str, torch.Tensor]], config: dict, out: Pat
         state[name] = names.unpermute(tensor, count).contiguous() if count is not None else tensor
     torch.save(state, out / WEIGHTS)
     (out / "config.json").write_text(json.dumps(tp_config(config), indent=2) + "\n")
+    rope_config.write_overrides(out, rope_config.overrides_for(config))
