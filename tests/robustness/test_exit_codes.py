@@ -127,3 +127,31 @@ def test_classify_table():
     )
     assert classify(OSError(errno.ENOSPC, "No space left on device")) == (1, "zhllama: error: no space left on device")
     assert classify(OSError(errno.EIO, "I/O error"))[1].startswith("zhllama: internal error: OSError")
+
+
+def test_held_log_lines_stream_after_hold_seconds_and_at_once_on_a_terminal(monkeypatch):
+    import io
+    import time
+
+    from rich.console import Console
+
+    from zhllama.core import console
+
+    piped = Console(file=io.StringIO(), force_terminal=False, soft_wrap=True, highlight=False)
+    monkeypatch.setattr(console, "stderr", piped)
+    monkeypatch.setattr(console, "HOLD_SECONDS", 0.05)
+    console.begin_command()
+    console.log("loading model ...")
+    assert piped.file.getvalue() == ""  # held: the command may still fail within HOLD_SECONDS
+    deadline = time.monotonic() + 10
+    while piped.file.getvalue() == "" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert piped.file.getvalue() == "loading model ...\n"  # a long job's log still streams
+    console.end_command(False)
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, soft_wrap=True, highlight=False)
+    monkeypatch.setattr(console, "stderr", terminal)
+    console.begin_command()
+    console.log("loading model ...")
+    assert "loading model ..." in terminal.file.getvalue()
+    console.end_command(False)
