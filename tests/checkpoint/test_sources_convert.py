@@ -188,7 +188,9 @@ def test_hub_ids_resolve_offline_through_the_cache(tmp_path, tiny_base_model, mo
     assert resolve_model("hfl/tiny-llama@v1") == tagged
     assert resolve_model("hfl/tiny-llama@" + "a" * 40) == main
     torch.testing.assert_close(logits(main), logits(tiny_base_model), rtol=0, atol=0)
-    with pytest.raises(UserError, match=r"^hfl/unknown: not in the Hugging Face cache .* HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        UserError, match=r"^hfl/unknown: no such folder, and not in the Hugging Face cache .* with HF_HUB_OFFLINE set"
+    ):
         resolve_model("hfl/unknown")
 
 

@@ -183,6 +183,8 @@ def test_added_tokens_json_is_user_defined_and_padding_named_by_id(tmp_path, bas
     """Chinese-Alpaca's layout: tokenizer.model + added_tokens.json {"[PAD]": n}; model padded further."""
     model = model_with(tmp_path, "alpaca", base_tokenizer, vocab_size=403)
     (model / "added_tokens.json").write_text(json.dumps({"[PAD]": 400}))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "pad_token_id": 400}))
     write_gguf(model, tmp_path / "m.gguf", "F16")
     fields, _ = gguf_fields(tmp_path / "m.gguf")
     check(
@@ -192,6 +194,7 @@ def test_added_tokens_json_is_user_defined_and_padding_named_by_id(tmp_path, bas
             "tokenizer.ggml.tokens": (403, ["<unk>", "<s>", "</s>"], ["[PAD]", "[PAD401]", "[PAD402]"]),
             "tokenizer.ggml.token_type": (403, [2, 3, 3], [4, 5, 5]),
             "tokenizer.ggml.scores": (403, [0.0, 0.0, 0.0], [-1000.0, -10000.0, -10000.0]),
+            "tokenizer.ggml.padding_token_id": 400,
         },
     )
 
@@ -222,7 +225,11 @@ def test_byte_level_bpe_keys_equal_llama_cpp_converter(tmp_path, smollm2_folder)
         "llama.vocab_size": 49152,
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "smollm",
-        "tokenizer.ggml.tokens": (49152, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], ["Ġexfol", "ĠMama", "ectable"]),
+        "tokenizer.ggml.tokens": (
+            49152,
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            ["Ġexfol", "ĠMama", "ectable"],
+        ),
         "tokenizer.ggml.token_type": (49152, [3, 3, 3], [1, 1, 1]),
         "tokenizer.ggml.merges": (48900, ["Ġ t", "Ġ a", "i n"], ["Ġex fol", "ĠM ama", "ect able"]),
         "tokenizer.ggml.bos_token_id": 1,

@@ -73,7 +73,8 @@ def resolve_hub(spec: str) -> Path:
         if constants.HF_HUB_OFFLINE:
             where = constants.HF_HUB_CACHE
             raise UserError(
-                f"{spec}: not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE is set; download it first"
+                f"{spec}: no such folder, and not in the Hugging Face cache ({where}) with HF_HUB_OFFLINE set; "
+                "download it first"
             ) from None
         try:
             path = Path(snapshot_download(repo, revision=rev))

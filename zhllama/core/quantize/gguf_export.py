@@ -17,9 +17,9 @@ import torch
 from zhllama.core.checkpoint import names, rope_config
 from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, read_json, require_positive
 from zhllama.core.errors import UserError
+from zhllama.core.quantize.gguf_types import TYPES
 from zhllama.core.quantize.gguf_vocab import check_tokenizer_files, write_vocab
 
-TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 FILE_TYPES = {
     "F32": "ALL_F32",
     "F16": "MOSTLY_F16",

@@ -9,10 +9,8 @@ from pathlib import Path
 from zhllama.core import console
 from zhllama.core.errors import MissingDependencyError, UserError
 from zhllama.core.plugin_api import QuantizerPlugin
-from zhllama.core.quantize.gguf_export import TYPES, check_model, write_gguf
+from zhllama.core.quantize.gguf_types import K_QUANTS, TYPES
 from zhllama.core.schema import option
-
-K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 
 
 @dataclass
@@ -34,9 +32,13 @@ class GGUF(QuantizerPlugin):
     def validate(self, model: Path, options: GGUFOptions) -> None:
         if options.type.upper() not in TYPES + K_QUANTS:
             raise UserError(f"--type: '{options.type}' is not one of {', '.join(TYPES + K_QUANTS)}")
+        from zhllama.core.quantize.gguf_export import check_model
+
         check_model(model)  # every shard and tokenizer file, before the output exists
 
     def quantize(self, model: Path, output: Path, options: GGUFOptions) -> None:
+        from zhllama.core.quantize.gguf_export import write_gguf
+
         qtype = options.type.upper()
         if qtype in TYPES:
             with console.progress_task(f"writing GGUF {qtype}", None) as advance:
