@@ -75,8 +75,14 @@ def test_llama3_and_theta_go_into_meta_params(tmp_path, scaled_base, lora):
     merge(base, [lora], tmp_path / "pth", fmt="pth")
     params = json.loads((tmp_path / "pth" / "params.json").read_text())
     assert params["rope_theta"] == 500000.0 and params["use_scaled_rope"] is True
-    assert params["rope_scaling_factor"] == 32.0 and params["rope_high_freq_factor"] == 4.0
-    assert not (tmp_path / "pth" / "zhllama_overrides.json").exists()
+    # Meta's code fixes llama3 scaling at factor 8: Llama 3.2's 32 needs the overrides file
+    overrides = json.loads((tmp_path / "pth" / "zhllama_overrides.json").read_text())["config"]
+    assert overrides["rope_parameters"] == llama3
+    from zhllama.core.checkpoint.convert import convert
+
+    back = convert(tmp_path / "pth", tmp_path / "back", src="meta", dst="hf")
+    assert back["rope"].startswith("llama3 x32")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["rope_parameters"] == llama3
 
 
 def test_adapter_overrides_apply_in_order_and_reach_the_gguf(tmp_path, scaled_base, lora):

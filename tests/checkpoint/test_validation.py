@@ -192,3 +192,15 @@ def test_output_that_is_or_sits_inside_an_input_is_refused_even_with_force(
     for c, e in ((code, err), (code2, err2)):
         assert c == 2 and e.count("\n") == 1 and "would destroy the input" in e, e
     assert digest(model) == before
+
+
+def test_truncated_bin_shard_refused(tmp_path, tiny_base_model, adapter, run_cli):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base_model, model)
+    torch.save(load_file(str(model / "model.safetensors")), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    truncate_half(model / "pytorch_model.bin")
+    code, _, err = run_cli("merge", "--base", model, "--lora", adapter, "--output", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{model / 'pytorch_model.bin'}: cannot be read as a PyTorch checkpoint" in err
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,9 @@ reads both, the way llama.cpp's converter does. The writers:
 - GGUF: `gguf_fields()` gives the keys llama.cpp's `convert_hf_to_gguf.py` writes (linear and YaRN
   scaling keys; `llama3` as the `rope_freqs.weight` tensor, `llama3_rope_factors`; `dynamic` has no
   GGUF representation, as in llama.cpp).
-- Meta `params.json`: `rope_theta`, and for `llama3` scaling Meta's `use_scaled_rope` fields. Meta's
-  format has no field for linear/dynamic/YaRN scaling: those travel in `zhllama_overrides.json`
+- Meta `params.json`: `rope_theta`, and for `llama3` scaling Meta's `use_scaled_rope` (Meta's code
+  fixes the llama3 parameters at 8 / 1 / 4 / 8192). Meta's format has no field for other values, nor
+  for linear/dynamic/YaRN scaling: those travel in `zhllama_overrides.json`
   (the same file LoRA adapters use, `{"config": {...}}`), which zhllama's readers apply.
 """
 
@@ -164,10 +165,14 @@ def meta_fields(config: dict) -> tuple[dict, dict]:
     if kind == "default":
         return fields, {}
     if kind == "llama3":
-        fields["use_scaled_rope"] = True
-        fields["rope_scaling_factor"] = p.get("factor", 8.0)
-        fields["rope_high_freq_factor"] = p.get("high_freq_factor", 4.0)
-        if p.get("low_freq_factor", 1.0) == 1.0 and p.get("original_max_position_embeddings", 8192) == 8192:
+        fields["use_scaled_rope"] = True  # Meta's code applies llama3 scaling with fixed 8 / 1 / 4 / 8192
+        meta = {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+        if all(p.get(k, v) == v for k, v in meta.items()):
             return fields, {}
     overrides = {"rope_parameters": {k: v for k, v in p.items()}}
     if "max_position_embeddings" in config:
@@ -195,9 +200,9 @@ def from_meta(params: dict) -> dict:
         return {
             "rope_type": "llama3",
             "rope_theta": theta,
-            "factor": float(params.get("rope_scaling_factor") or 8.0),
+            "factor": 8.0,
             "low_freq_factor": 1.0,
-            "high_freq_factor": float(params.get("rope_high_freq_factor") or 4.0),
+            "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
         }
     return {"rope_type": "default", "rope_theta": theta}
