@@ -28,7 +28,20 @@ from zhllama.core.errors import UserError
 
 TMP_KIND = "zhllama-tmp"
 OLD_KIND = "zhllama-old"
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _host_tag() -> str:
+    """Hostname plus the PID namespace: a pid in a sibling's name is only judged where it means
+    the same process (containers sharing a volume and a hostname still differ here)."""
+    tag = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    try:
+        tag += f"-{os.stat('/proc/self/ns/pid').st_ino:x}"
+    except OSError:
+        pass
+    return tag
+
+
+_HOST = _host_tag()
 _SIBLING = re.compile(
     r"^\.(?P<name>.+)\.(?P<kind>zhllama-tmp|zhllama-old)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?P<suffix>.*)$"
 )
