@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from zhllama.core.errors import UserError
@@ -785,6 +785,16 @@ def packed(dataset, max_len: int, cache_dir: Path | None, tag) -> object:
     return rows
 
 
+@contextmanager
 def main_process_first(args):
-    """`args.main_process_first` when there is a TrainingArguments, else a no-op context."""
-    return args.main_process_first(desc="tokenizing") if args is not None else nullcontext()
+    """Global rank 0 tokenizes first, then each node's local main, then every other rank (which
+    then reads the cache). With a cache folder shared by all nodes only rank 0 tokenizes; with
+    node-local caches one process per node does. No-op without TrainingArguments."""
+    if args is None:
+        yield
+        return
+    with (
+        args.main_process_first(local=False, desc="tokenizing"),
+        args.main_process_first(local=True, desc="tokenizing"),
+    ):
+        yield

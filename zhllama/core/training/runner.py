@@ -110,7 +110,7 @@ def resume_checkpoint(cfg: TrainConfig) -> Path:
     if not complete:
         raise UserError(f"{cfg.output}: --resume needs a complete checkpoint in {folder}, none found")
     newest = complete[-1]
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         step = int(newest.name.rsplit("-", 1)[1])
         for ckpt in folder.glob("checkpoint-*"):
             tail = ckpt.name.rsplit("-", 1)[1]
@@ -260,8 +260,17 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
 
     Every option and path is checked before anything is written; a run that fails before its first
     checkpoint leaves no output folder behind; `--resume` continues from the newest complete
-    checkpoint, and the summary (tokens, seconds, losses) covers the whole run.
+    checkpoint, and the summary (tokens, seconds, losses) covers the whole run. Libraries' prints
+    (DeepSpeed's op builder) go to stderr: stdout is the command's (`--json`).
     """
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return _train(cfg, build_datasets, kind)
+
+
+def _train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     import torch
     from transformers import Trainer, set_seed
 
@@ -271,6 +280,7 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
     check_run(cfg)
+    _quiet_deepspeed(cfg, torch)
     set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
     tok_path = cfg.tokenizer or cfg.adapter or cfg.model
     tokenizer = ZhTokenizer(tok_path)
@@ -282,6 +292,7 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     if resized and "embed_tokens" not in cfg.modules_to_save and not cfg.full:
         console.warn("the vocabulary grew but embed_tokens is not in --modules-to-save: new rows stay untrained")
     model = wrap_model(model, cfg)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]  # before ZeRO-3 partitions it
     model.config.use_cache = False
     if cfg.gradient_checkpointing and cfg.qlora is None:
         model.gradient_checkpointing_enable() if cfg.full else model.base_model.model.gradient_checkpointing_enable()
@@ -345,17 +356,38 @@ def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
         "seconds": seconds,
         "resumed_from": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
         "resized_vocab": resized,
-        "vocab_size": model.get_input_embeddings().weight.shape[0],
+        "vocab_size": vocab_rows,
         "train_examples": len(train_set) if hasattr(train_set, "__len__") else None,
         **({"config_overrides": overrides} if overrides else {}),
         **{k: v for k, v in metrics.items() if k.startswith("eval_")},
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
+    state_dict = None
+    if getattr(trainer, "is_deepspeed_enabled", False):  # every rank: ZeRO-3 gathers the partitions
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
-        _write_final(cfg, trainer.model, tokenizer, summary, (losses, eval_losses), overrides)
+        final_model = trainer.accelerator.unwrap_model(trainer.model)
+        _write_final(cfg, final_model, tokenizer, summary, (losses, eval_losses), overrides, state_dict)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return summary
+
+
+def _quiet_deepspeed(cfg: TrainConfig, torch) -> None:
+    """DeepSpeed logs to stdout (which `--json` owns): pick its CPU accelerator without the detection
+    warning, and send its log lines to stderr when it is used."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cfg.deepspeed is not None:
+        import sys
+
+        try:
+            from deepspeed.utils.logging import logger
+        except ImportError as exc:
+            raise UserError("--deepspeed needs the deepspeed package (pip install 'zhllama[deepspeed]')") from exc
+        for handler in logger.handlers:
+            if getattr(handler, "stream", None) is sys.stdout:
+                handler.setStream(sys.stderr)
 
 
 def check_run(cfg: TrainConfig) -> None:
@@ -378,15 +410,15 @@ def check_run(cfg: TrainConfig) -> None:
 
 
 def clear_output(cfg: TrainConfig) -> None:
-    """Empty OUT for a fresh run (checked by `check_run`; rank 0 of each node does it)."""
+    """Empty OUT for a fresh run (checked by `check_run`; global rank 0, which writes every checkpoint, does it)."""
     out = cfg.output
-    if not cfg.resume and out.is_dir() and any(out.iterdir()) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if not cfg.resume and out.is_dir() and any(out.iterdir()) and int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(out)
 
 
 def _remove_if_no_checkpoint(out: Path) -> None:
     """After a failed run: remove what it created unless a checkpoint (something to resume) exists."""
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0 or not out.is_dir():
+    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
         return
     if complete_checkpoints(out / "checkpoints"):
         return
@@ -404,12 +436,12 @@ def history(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tupl
     return losses, evals
 
 
-def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict) -> None:
+def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict, state_dict=None) -> None:
     out = cfg.output
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         if overrides and not cfg.full:
             (tmp / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
         tokenizer.save(tmp)
