@@ -155,3 +155,9 @@ def test_held_log_lines_stream_after_hold_seconds_and_at_once_on_a_terminal(monk
     console.log("loading model ...")
     assert "loading model ..." in terminal.file.getvalue()
     console.end_command(False)
+
+
+def test_a_group_without_a_subcommand_prints_its_help(run_cli):
+    code, out, err = run_cli("vocab")
+    assert code == 0 and err == ""
+    assert "Usage: zhllama vocab" in out and "merge" in out

@@ -207,6 +207,8 @@ def run(argv: list[str] | None = None) -> int:
             code = exc.exit_code
         except typer.Abort:
             code, line = classify(KeyboardInterrupt())
+        except click_exc.NoArgsIsHelpError:  # `zhllama vocab`: the help was printed; nothing went wrong
+            code = 0
         except click_exc.ClickException as exc:
             code = EXIT_USER if isinstance(exc, click_exc.UsageError) else exc.exit_code
             line = _click_error_line(exc)
