@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +148,13 @@ def _unigram(w, path: Path) -> None:
     vocab.train([data_path("corpus_en.txt")], 300, path, model_type="unigram")
 
 
-def _model_file_symlink(w, path: Path) -> None:
-    path.symlink_to(w.model / "model.safetensors")
+def busy_port(w) -> int:
+    """A loopback port some other socket is listening on (held open for the case's lifetime)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    w.__dict__.setdefault("_held_sockets", []).append(sock)
+    return sock.getsockname()[1]
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -708,6 +714,13 @@ CASES: list[Case] = [
         r"other.*(shape|size|hidden)",
         pending="train",
     ),
+    Case(
+        "pretrain-report-to-missing-logger",
+        "option-range",
+        lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--report-to", "wandb", "--max-steps", 1],
+        r"wandb",
+        pending="train",
+    ),
     # alignment (align engineer)
     Case(
         "dpo-output-is-model",
@@ -861,6 +874,13 @@ CASES: list[Case] = [
         "option-range",
         lambda w: ["serve", "-m", w.model, "--port", 70000],
         r"--port",
+    ),
+    Case(
+        "serve-port-in-use",
+        "option-range",
+        lambda w: ["serve", "-m", w.model, "--port", busy_port(w)],
+        r"--port .*(in use|already)",
+        pending="infer",
     ),
     # tiny-model (lead)
     Case(
