@@ -148,6 +148,12 @@ def _unigram(w, path: Path) -> None:
     vocab.train([data_path("corpus_en.txt")], 300, path, model_type="unigram")
 
 
+def predictions_symlink(w, path: Path) -> None:
+    """A results folder whose predictions.jsonl is a symlink to an input (appending would corrupt it)."""
+    path.mkdir()
+    (path / "predictions.jsonl").symlink_to(w.text)
+
+
 def busy_port(w) -> int:
     """A loopback port some other socket is listening on (held open for the case's lifetime)."""
     sock = socket.socket()
@@ -826,6 +832,23 @@ CASES: list[Case] = [
         "existing-output",
         lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.text],
         r"text\.txt",
+    ),
+    Case(
+        "eval-ceval-predictions-symlink",
+        "existing-output",
+        lambda w: [
+            "eval",
+            "ceval",
+            "-m",
+            w.model,
+            "--data-dir",
+            w.ceval,
+            "-o",
+            w.make("res", predictions_symlink),
+            "--limit",
+            1,
+        ],
+        r"predictions\.jsonl: not a regular file",
     ),
     Case(
         "eval-ceval-adapter-other-base",
