@@ -194,3 +194,13 @@ def test_dpo_resume_is_bit_exact(tmp_path, tiny_base_model, separable_pairs, ali
         summary["final_reward_margin"]
         == json.loads((tmp_path / "a" / "train_summary.json").read_text())["final_reward_margin"]
     )
+
+
+def test_dpo_qlora(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    """--qlora 4 trains a LoRA adapter on a bitsandbytes 4-bit base (implicit reference as with LoRA)."""
+    pytest.importorskip("bitsandbytes")
+    cfg = align_cfg(DpoConfig, tiny_base_model, separable_pairs, qlora=4, max_steps=2, per_device_train_batch_size=2)
+    summary = dpo(cfg)
+    assert summary["steps"] == 2
+    adapter = load_file(cfg.output / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and not any(".ref." in k for k in adapter)

@@ -8,12 +8,14 @@ into OUT after training succeeded, `train_summary.json` last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,13 +49,15 @@ def check_output(cfg: TrainConfig) -> None:
     clear_output(cfg)
 
 
+def stdout_to_stderr():
+    """DeepSpeed and its op builders print to stdout; under `--json` stdout must hold only the result."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def trl():
     """The `trl` module. Imported with stdout pointed at stderr: TRL imports DeepSpeed when installed, whose
     logger writes to the stdout of its import time (a warning there would break `--json`)."""
-    import contextlib
-    import sys
-
-    with contextlib.redirect_stdout(sys.stderr):
+    with stdout_to_stderr():
         import trl
 
         if importlib.util.find_spec("deepspeed") is not None:
@@ -65,10 +69,19 @@ def trl_config(config_cls, cfg: TrainConfig, has_eval: bool, **overrides):
     """A TRL config (a TrainingArguments subclass) with exactly sft's TrainingArguments values."""
     from transformers import TrainingArguments
 
-    base = training_arguments(cfg, has_eval)
-    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
-    values.update(overrides)
-    return config_cls(**values)
+    if cfg.deepspeed is not None and "RANK" not in os.environ:
+        # not started by a launcher (deepspeed / torchrun): one process, else DeepSpeed looks for MPI (mpi4py)
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with stdout_to_stderr():
+        base = training_arguments(cfg, has_eval)
+        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        values.update(overrides)
+        return config_cls(**values)
 
 
 def load_tokenizer(cfg: TrainConfig):
@@ -115,13 +128,15 @@ def load_base(cfg: TrainConfig, tokenizer, reward_head: bool = False):
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_id)
     cls = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
     try:
-        model = cls.from_pretrained(str(cfg.model), trust_remote_code=False, **kwargs)
+        with stdout_to_stderr():
+            model = cls.from_pretrained(str(cfg.model), trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"{cfg.model}: cannot load model: {exc}") from exc
     base_tokenizer = None
     if any((cfg.model / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         base_tokenizer = ZhTokenizer(cfg.model)
-    resized = resize_for_tokenizer(model, tokenizer, base_tokenizer)
+    # ZeRO-3 partitions weights at load (their shapes read 0): only look at them when the vocabulary must grow
+    resized = len(tokenizer) > model.config.vocab_size and resize_for_tokenizer(model, tokenizer, base_tokenizer)
     model.config.use_cache = False
     return model, resized
 
@@ -208,7 +223,9 @@ def train(
     from zhllama.core.training.runner import resume_checkpoint
 
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_checkpoint(cfg)) if cfg.resume else None)
+    resume = str(resume_checkpoint(cfg)) if cfg.resume else None
+    with stdout_to_stderr():
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     extra = metrics()
     if trainer.is_world_process_zero():  # the shared summary table shows losses; these are the task's numbers
@@ -230,20 +247,26 @@ def train(
         "train_examples": examples,
         "skipped_examples": skipped,
         "resized_vocab": resized,
-        "vocab_size": trainer.model.get_input_embeddings().weight.shape[0],
+        "vocab_size": trainer.model.config.vocab_size,
         **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
         "curves": {key: history(trainer, key) for _, series in curves.values() for key, _ in series},
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
     }
+    state = None
+    plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+    if plugin is not None and plugin.zero_stage == 3:  # gather the partitioned weights (a collective: every rank)
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
-        write_final(cfg, trainer, tokenizer, summary, curves)
+        write_final(cfg, trainer, tokenizer, summary, curves, state)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return summary
 
 
-def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Curves) -> None:
-    """Model or adapter, tokenizer, loss.png and the curves, then `train_summary.json` (moved in last)."""
+def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Curves, state=None) -> None:
+    """Model or adapter, tokenizer, loss.png and the curves, then `train_summary.json` (moved in last).
+
+    `state`: the gathered state dict under ZeRO-3 (the live parameters are partitions)."""
     from peft import PeftModel
 
     out = cfg.output
@@ -252,9 +275,9 @@ def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Cur
     try:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if isinstance(model, PeftModel):  # only the trained adapter, not TRL's frozen "ref" copy
-            model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=["default"])
+            model.save_pretrained(str(tmp), state_dict=state, selected_adapters=["default"])
         else:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            model.save_pretrained(str(tmp), state_dict=state)
         tokenizer.save(tmp)
         plot_loss(history(trainer, "loss"), history(trainer, "eval_loss"), tmp / "loss.png")
         for name, (ylabel, series) in curves.items():

@@ -66,14 +66,15 @@ def rm(cfg: RmConfig) -> dict:
     align.check_output(cfg)
     model, resized = align.load_base(cfg, tokenizer, reward_head=True)
     model, peft_config = align.peft_setup(cfg, model, "SEQ_CLS", always_save=("score",))
-    trainer = trl.RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer.hf,
-        peft_config=peft_config,
-    )
+    with align.stdout_to_stderr():
+        trainer = trl.RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer.hf,
+            peft_config=peft_config,
+        )
 
     def metrics():
         scored = eval_set if eval_set is not None else train_set
@@ -118,14 +119,15 @@ def dpo(cfg: DpoConfig) -> dict:
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
-    trainer = TokenizedDPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer.hf,
-        peft_config=peft_config,
-    )
+    with align.stdout_to_stderr():
+        trainer = TokenizedDPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer.hf,
+            peft_config=peft_config,
+        )
 
     def metrics():
         first_margin, last_margin = align.first_last(trainer, "rewards/margins")
@@ -288,15 +290,16 @@ def ppo(cfg: PpoConfig) -> dict:
         def _tokenize_prompts(self, batch):
             return [prompts[p] for p in batch], None, {}
 
-    trainer = TokenizedRLOOTrainer(
-        model=model,
-        reward_funcs=scorer,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer.hf,
-        peft_config=peft_config,
-    )
+    with align.stdout_to_stderr():
+        trainer = TokenizedRLOOTrainer(
+            model=model,
+            reward_funcs=scorer,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            processing_class=tokenizer.hf,
+            peft_config=peft_config,
+        )
 
     def metrics():
         first_reward, last_reward = align.first_last(trainer, "reward")
@@ -310,10 +313,11 @@ def ppo(cfg: PpoConfig) -> dict:
             "first_kl": first_kl,
             "final_kl": last_kl,
             "reward_model": str(cfg.reward_model),
+            **({"eval_reward": trainer.evaluate().get("eval_reward")} if eval_set is not None else {}),
         }
 
     curves = {
-        "reward.png": ("reward-model score", [("reward", "mean reward")]),
+        "reward.png": ("reward-model score", [("reward", "train"), ("eval_reward", "validation")]),
         "kl.png": ("KL to reference (per token)", [("kl", "KL")]),
     }
     return align.train(trainer, cfg, "ppo", tokenizer, len(train_set), metrics, curves, too_long, resized)
