@@ -125,3 +125,16 @@ def test_repl_ctrl_c_stops_only_the_answer(runtime):
     repl(runtime, params, script.read, script.write)
     cut, full = script.answers()
     assert 0 < len(cut) < 10 and len(full) > len(cut)  # the program went on to the next question
+
+
+def test_repl_unknown_command_lists_commands_and_length_note(runtime, capsys):
+    params = GenerationParams(max_new_tokens=4, greedy=True)
+    script = Script(["/rest", "//etc", "你好"])
+    repl(runtime, params, script.read, script.write)
+    err = capsys.readouterr().err
+    assert "unknown command /rest" in err and "/reset" in err and "/system TEXT" in err and "/exit" in err
+    literal, answer = script.answers()
+    assert literal == _expected(runtime.model, "llama2-zh", "/etc", n=4)  # '//' sends a literal '/'
+    turn2 = runtime.prompt_ids([Message("user", "/etc"), Message("assistant", literal), Message("user", "你好")])
+    assert answer == runtime.reply(turn2, params).run()
+    assert err.count("(stopped at --max-new-tokens)") == 2
