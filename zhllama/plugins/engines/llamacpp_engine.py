@@ -198,13 +198,13 @@ class LlamaCppModel(LoadedModel):
             chain.accept(token)
         return chain
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, stopper=None) -> Iterator[int]:
         """Yield new ids sampled by llama.cpp; stops at EOS, stop ids/strings or the limit."""
         if not prompt_ids:
             raise ValueError("empty prompt: at least one token (BOS) is needed")
         self.check_fits(len(prompt_ids))
         chain = self.sampler(params, prompt_ids)
-        stopper = Stopper(self.tokenizer, params)
+        stopper = stopper or Stopper(self.tokenizer, params)
         llm = self.llm
         llm.reset()
         llm.eval(list(prompt_ids))
