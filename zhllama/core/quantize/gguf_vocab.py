@@ -103,7 +103,12 @@ def byte_level_vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[
         raise UserError(
             f"{model_dir / 'tokenizer.json'}: only byte-level BPE or SentencePiece vocabularies can be written to GGUF"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"{model_dir / 'tokenizer.json'}: cannot be loaded ({str(exc).splitlines()[0][:160]})"
+        ) from None
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:
         raise UserError(
