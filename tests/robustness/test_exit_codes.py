@@ -127,6 +127,13 @@ def test_classify_table():
     )
     assert classify(OSError(errno.ENOSPC, "No space left on device")) == (1, "zhllama: error: no space left on device")
     assert classify(OSError(errno.EIO, "I/O error"))[1].startswith("zhllama: internal error: OSError")
+    wrapped = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    wrapped.add_note("zhllama output: out/model")
+    assert classify(wrapped) == (1, "zhllama: error: out/model: no space left on device")
+    assert classify(OSError("100864 requested and 41488 written")) == (
+        1,
+        "zhllama: error: a write was cut short (disk full or file size limit)",
+    )
 
 
 def test_held_log_lines_stream_after_hold_seconds_and_at_once_on_a_terminal(monkeypatch):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zhllama.core import console
-from zhllama.core.errors import UserError
+from zhllama.core.errors import OUTPUT_NOTE, UserError
 
 TMP_KIND = "zhllama-tmp"
 OLD_KIND = "zhllama-old"
@@ -198,12 +198,15 @@ def _prepare(final: Path) -> None:
 
 
 @contextmanager
-def _owned(tmp: Path) -> Iterator[None]:
-    """Remove `tmp` when anything (the job, a signal, the final rename) fails."""
+def _owned(tmp: Path, final: Path) -> Iterator[None]:
+    """Remove `tmp` when anything (the job, a signal, the final rename) fails; the error is noted
+    with the output it was writing, so that "disk full" can name it."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if not any(note.startswith(OUTPUT_NOTE) for note in getattr(exc, "__notes__", ())):
+            exc.add_note(f"{OUTPUT_NOTE}{final}")
         raise
 
 
@@ -214,7 +217,7 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     check_output_dir(final, force)
     _prepare(final)
     tmp = final.parent / sibling_name(final)
-    with _owned(tmp):
+    with _owned(tmp, final):
         tmp.mkdir()
         yield tmp
         apply_umask(tmp)
@@ -234,7 +237,7 @@ def atomic_file(path: str | os.PathLike[str], force: bool = True, mode: str = "w
     check_output_file(final, force)
     _prepare(final)
     tmp = _new_file(final)
-    with _owned(tmp):
+    with _owned(tmp, final):
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle
         apply_umask(tmp)
@@ -248,7 +251,7 @@ def atomic_path(path: str | os.PathLike[str], force: bool = True) -> Iterator[Pa
     check_output_file(final, force)
     _prepare(final)
     tmp = _new_file(final, suffix=final.suffix)
-    with _owned(tmp):
+    with _owned(tmp, final):
         yield tmp
         if tmp.exists():
             apply_umask(tmp)

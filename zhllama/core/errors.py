@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import re
 import signal
 from collections.abc import Iterable
 
@@ -73,6 +74,31 @@ def one_line(message: object) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+OUTPUT_NOTE = "zhllama output: "
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # Rust libraries (safetensors, tokenizers)
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile on a full disk
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """What the file system refused (disk full, read-only, ...), also when a library wrapped it."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return STORAGE_HINTS[exc.errno]
+    if isinstance(exc, OSError) and exc.errno is None and _SHORT_WRITE.match(str(exc)):
+        return "a write was cut short (disk full or file size limit)"
+    match = _OS_ERROR_IN_TEXT.search(str(exc))
+    if match and int(match.group(1)) in STORAGE_ERRNOS:
+        return STORAGE_HINTS[int(match.group(1))]
+    return None
+
+
+def _output_note(exc: BaseException) -> str | None:
+    """The output being written when `exc` happened (noted by zhllama.core.atomic)."""
+    for note in getattr(exc, "__notes__", ()):
+        if note.startswith(OUTPUT_NOTE):
+            return note[len(OUTPUT_NOTE) :]
+    return None
+
+
 def classify(exc: BaseException) -> tuple[int, str]:
     """The exit code and the single stderr line for an exception that ended a command."""
     if isinstance(exc, Interrupted):
@@ -84,9 +110,10 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USER, f"zhllama: error: {one_line(exc)}"
     if isinstance(exc, UnicodeDecodeError):
         return EXIT_USER, f"zhllama: error: an input is not UTF-8 text (byte {exc.start}: {exc.reason})"
-    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        return EXIT_INTERNAL, f"zhllama: error: {where}{STORAGE_HINTS[exc.errno]}"
+    storage = storage_failure(exc)
+    if storage is not None:
+        where = getattr(exc, "filename", None) or _output_note(exc)
+        return EXIT_INTERNAL, f"zhllama: error: {f'{where}: ' if where else ''}{storage}"
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) and exc.filename is not None:
         return EXIT_USER, f"zhllama: error: {exc.filename}: {(exc.strerror or type(exc).__name__).lower()}"
     return (
