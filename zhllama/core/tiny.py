@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zhllama.core.atomic import atomic_dir
+from zhllama.core.errors import UserError
+from zhllama.core.schema import option
 
 
 @dataclass(frozen=True)
@@ -18,14 +20,34 @@ class TinyShape:
     on purpose elsewhere (graceful fallback to full precision).
     """
 
-    hidden_size: int = 64
-    intermediate_size: int = 192
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = False
+    hidden_size: int = option(64, "Hidden size.")
+    intermediate_size: int = option(192, "MLP width.")
+    num_hidden_layers: int = option(2, "Decoder layers.", "--layers")
+    num_attention_heads: int = option(4, "Attention heads (must divide --hidden-size).", "--heads")
+    num_key_value_heads: int = option(2, "Key/value heads (must divide --heads).", "--kv-heads")
+    max_position_embeddings: int = option(2048, "Trained context length.", "--max-position-embeddings")
+    rope_theta: float = option(10000.0, "RoPE base.")
+    tie_word_embeddings: bool = option(False, "Share input and output embeddings.")
+
+    def validated(self) -> TinyShape:
+        """Raise `UserError` naming the first impossible size."""
+        for flag, value in (
+            ("--hidden-size", self.hidden_size),
+            ("--intermediate-size", self.intermediate_size),
+            ("--layers", self.num_hidden_layers),
+            ("--heads", self.num_attention_heads),
+            ("--kv-heads", self.num_key_value_heads),
+            ("--max-position-embeddings", self.max_position_embeddings),
+        ):
+            if value < 1:
+                raise UserError(f"{flag}: must be at least 1, got {value}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"--heads {self.num_attention_heads}: must divide --hidden-size {self.hidden_size}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UserError(f"--kv-heads {self.num_key_value_heads}: must divide --heads {self.num_attention_heads}")
+        if self.rope_theta <= 0:
+            raise UserError(f"--rope-theta: must be positive, got {self.rope_theta}")
+        return self
 
 
 def tiny_llama_config(vocab_size: int, shape: TinyShape = TinyShape(), bos_id: int = 1, eos_id: int = 2, pad_id=None):

@@ -1,4 +1,8 @@
-"""`zhllama tiny-model`: a random, seeded LLaMA checkpoint for a tokenizer (tests, demos, CI)."""
+"""`zhllama tiny-model`: a random, seeded LLaMA checkpoint for a tokenizer (tests, demos, CI).
+
+The shape flags are generated from `TinyShape` (`zhllama/core/tiny.py`), so their defaults are
+declared once.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +12,27 @@ from typing import Annotated
 import typer
 
 from zhllama.cli.options import Force, Seed, examples
+from zhllama.cli.schema import with_options
 from zhllama.core import console
-from zhllama.core.tiny import TinyShape, build_tiny_llama
+from zhllama.core.tiny import TinyShape
 
 
+@with_options(TinyShape, "shape")
 def tiny_model(
     tokenizer: Annotated[
         Path, typer.Option("--tokenizer", "-t", help="Tokenizer folder; its size sets the vocabulary.")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output model folder.")],
-    hidden_size: Annotated[int, typer.Option("--hidden-size")] = 64,
-    layers: Annotated[int, typer.Option("--layers")] = 2,
-    heads: Annotated[int, typer.Option("--heads")] = 4,
-    kv_heads: Annotated[int, typer.Option("--kv-heads")] = 2,
-    intermediate_size: Annotated[int, typer.Option("--intermediate-size")] = 176,
     seed: Seed = 0,
     force: Force = False,
+    shape: TinyShape | None = None,
 ) -> None:
     """Write a tiny random LLaMA (safetensors + tokenizer) that loads with from_pretrained."""
-    shape = TinyShape(
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-    )
+    from zhllama.core.paths import check_output
+    from zhllama.core.tiny import build_tiny_llama
+
+    shape = shape.validated()
+    check_output(output, [tokenizer])
     path = build_tiny_llama(output, tokenizer=tokenizer, seed=seed, shape=shape, force=force)
     size = sum(f.stat().st_size for f in path.iterdir())
     console.emit(
