@@ -78,6 +78,10 @@ def weights_file(folder: Path) -> Path:
 
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
+    if path.is_file() and not is_tp_config(path):
+        raise UserError(
+            f"{path}: not a TencentPretrain llama config (no emb_size / layers_num); an HF folder? use --from hf"
+        )
     config = require_positive(path, read_json(path, "TencentPretrain config"), REQUIRED)
     if config["emb_size"] % config["heads_num"]:
         raise UserError(f"{path}: emb_size {config['emb_size']} is not a multiple of heads_num")
