@@ -168,3 +168,16 @@ def test_a_group_without_a_subcommand_prints_its_help(run_cli):
     code, out, err = run_cli("vocab")
     assert code == 0 and err == ""
     assert "Usage: zhllama vocab" in out and "merge" in out
+
+
+def test_an_unwritable_output_folder_names_the_output_not_the_temporary_name(run_cli, tmp_path, corpus, monkeypatch):
+    from zhllama.core import atomic
+
+    def refuse(final, suffix=""):
+        tmp = final.parent / atomic.sibling_name(final, suffix=suffix)
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))  # as open(2) in a 0555 folder
+
+    monkeypatch.setattr(atomic, "_new_file", refuse)
+    rc, _, err = run_cli(*_train_args(tmp_path, corpus))
+    assert rc == 1
+    assert err.splitlines() == [f"zhllama: error: {tmp_path / 'out' / 'sp.model'}: permission denied"]

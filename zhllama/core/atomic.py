@@ -198,16 +198,25 @@ def _prepare(final: Path) -> None:
 
 
 @contextmanager
-def _owned(tmp: Path, final: Path) -> Iterator[None]:
-    """Remove `tmp` when anything (the job, a signal, the final rename) fails; the error is noted
-    with the output it was writing, so that "disk full" can name it."""
+def _noted(final: Path) -> Iterator[None]:
+    """Note on any error the output being written, so that "disk full" names it (not a temp name)."""
     try:
         yield
     except BaseException as exc:
-        _remove(tmp)
         if not any(note.startswith(OUTPUT_NOTE) for note in getattr(exc, "__notes__", ())):
             exc.add_note(f"{OUTPUT_NOTE}{final}")
         raise
+
+
+@contextmanager
+def _owned(tmp: Path, final: Path) -> Iterator[None]:
+    """Remove `tmp` when anything (the job, a signal, the final rename) fails."""
+    with _noted(final):
+        try:
+            yield
+        except BaseException:
+            _remove(tmp)
+            raise
 
 
 @contextmanager
@@ -215,7 +224,8 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     """Yield a temporary sibling directory; on success it replaces `path` in one rename."""
     final = Path(path)
     check_output_dir(final, force)
-    _prepare(final)
+    with _noted(final):
+        _prepare(final)
     tmp = final.parent / sibling_name(final)
     with _owned(tmp, final):
         tmp.mkdir()
@@ -235,8 +245,9 @@ def atomic_file(path: str | os.PathLike[str], force: bool = True, mode: str = "w
     """Open a temporary sibling file for writing; it is renamed onto `path` when the block succeeds."""
     final = Path(path)
     check_output_file(final, force)
-    _prepare(final)
-    tmp = _new_file(final)
+    with _noted(final):
+        _prepare(final)
+        tmp = _new_file(final)
     with _owned(tmp, final):
         with open(tmp, mode, **open_kwargs) as handle:
             yield handle
@@ -249,8 +260,9 @@ def atomic_path(path: str | os.PathLike[str], force: bool = True) -> Iterator[Pa
     """Yield a temporary sibling *path* (for libraries that write files themselves)."""
     final = Path(path)
     check_output_file(final, force)
-    _prepare(final)
-    tmp = _new_file(final, suffix=final.suffix)
+    with _noted(final):
+        _prepare(final)
+        tmp = _new_file(final, suffix=final.suffix)
     with _owned(tmp, final):
         yield tmp
         if tmp.exists():

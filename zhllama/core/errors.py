@@ -112,10 +112,11 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USER, f"zhllama: error: an input is not UTF-8 text (byte {exc.start}: {exc.reason})"
     storage = storage_failure(exc)
     if storage is not None:
-        where = getattr(exc, "filename", None) or _output_note(exc)
+        where = _output_note(exc) or getattr(exc, "filename", None)  # the output, not its temporary sibling
         return EXIT_INTERNAL, f"zhllama: error: {f'{where}: ' if where else ''}{storage}"
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) and exc.filename is not None:
-        return EXIT_USER, f"zhllama: error: {exc.filename}: {(exc.strerror or type(exc).__name__).lower()}"
+        where = _output_note(exc) or exc.filename
+        return EXIT_USER, f"zhllama: error: {where}: {(exc.strerror or type(exc).__name__).lower()}"
     return (
         EXIT_INTERNAL,
         f"zhllama: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
