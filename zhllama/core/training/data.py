@@ -35,6 +35,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 from zhllama.core.errors import UserError
@@ -253,16 +254,50 @@ def encode_documents(texts: list[str], tokenizer: ZhTokenizer, eos: bool) -> lis
     return [bos_ids + ids + eos_ids for ids in tokenizer.encode_batch(texts)]
 
 
-def _encode_text_batch(batch: dict, tokenizer_path: str, eos: bool) -> dict:
-    return {"input_ids": encode_documents(batch["text"], _tokenizer(tokenizer_path), eos)}
+def _encode_text_batch(batch, tokenizer_path: str, eos: bool):
+    """A pyarrow batch of texts -> a pyarrow table of token ids (the dataset is in arrow format)."""
+    import numpy as np
+    import pyarrow as pa
+
+    tokenizer = _tokenizer(tokenizer_path)
+    raw = tokenizer.encode_batch(batch.column("text").to_pylist())
+    # BOS + ids (+ EOS) per document, as `encode_documents`, placed with numpy instead of list copies
+    bos = tokenizer.bos_id
+    end = tokenizer.eos_id if eos else None
+    counts = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+    lengths = counts + (bos is not None) + (end is not None)
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    body = np.ones(len(out), dtype=bool)
+    if bos is not None:
+        out[offsets[:-1]] = bos
+        body[offsets[:-1]] = False
+    if end is not None:
+        out[offsets[1:] - 1] = end
+        body[offsets[1:] - 1] = False
+    out[body] = np.fromiter(chain.from_iterable(raw), dtype=np.int32, count=int(counts.sum()))
+    return pa.table({"input_ids": list_array(out, lengths)})
 
 
-def _map(dataset, function, fn_kwargs: dict, workers: int, out_file: Path | None, fingerprint: str, columns):
+def text_dataset(texts: list[str]):
+    """An in-memory Dataset with one `text` column, built without datasets' per-row type inference."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable(pa.table({"text": pa.array(texts, type=pa.string())})))
+
+
+def _map(
+    dataset, function, fn_kwargs: dict, workers: int, out_file: Path | None, fingerprint: str, columns, arrow=False
+):
     import datasets
     from datasets import Features, Sequence, Value
 
     datasets.disable_progress_bars()  # ByteProgress shows MB/s over the whole corpus instead
-
+    if arrow:
+        dataset = dataset.with_format("arrow")
     return dataset.map(
         function,
         batched=True,
@@ -319,13 +354,12 @@ def tokenize_text_file(
     path: Path, tokenizer: ZhTokenizer, eos: bool, keep_blank: bool, folder: Path, workers: int, progress=None
 ) -> list[str]:
     """Tokenise one text file into Arrow parts in `folder` (one row per document); part names."""
-    from datasets import Dataset
 
     tok_path = register_tokenizer(tokenizer)
     parts = ArrowParts(folder)
     for i, (texts, size) in enumerate(_chunks(iter_documents(path, keep_blank), CHUNK_BYTES)):
         if texts:
-            chunk = Dataset.from_dict({"text": texts})
+            chunk = text_dataset(texts)
             mapped = _map(
                 chunk,
                 _encode_text_batch,
@@ -334,6 +368,7 @@ def tokenize_text_file(
                 folder / f"docs-{i:05d}.arrow",
                 cache_key(folder.name, i)[:20],
                 ("input_ids",),
+                arrow=True,
             )
             _copy_parts(mapped, folder, parts)
             del chunk, mapped
