@@ -580,6 +580,12 @@ CASES: list[Case] = [
         r"model\.safetensors: the output sits inside the input",
     ),
     Case(
+        "quantize-4bit-output-is-model",
+        "output-is-input",
+        lambda w: ["quantize", "4bit", "--model", w.model, "-o", w.model, "--force"],
+        r"output is the input",
+    ),
+    Case(
         "quantize-gguf-output-inside-model",
         "output-is-input",
         lambda w: ["quantize", "gguf", "--model", w.model, "-o", w.model / "m.gguf"],
@@ -849,6 +855,18 @@ CASES: list[Case] = [
             1,
         ],
         r"predictions\.jsonl: not a regular file",
+    ),
+    Case(
+        "eval-ceval-output-inside-model",
+        "output-is-input",
+        lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.model / "results"],
+        r"must not be, contain or sit inside the input .*model",
+    ),
+    Case(
+        "eval-ceval-output-is-data-dir",
+        "output-is-input",
+        lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.ceval],
+        r"must not be, contain or sit inside the input .*ceval",
     ),
     Case(
         "eval-ceval-adapter-other-base",
