@@ -1,10 +1,11 @@
 """Write a llama.cpp GGUF file straight from an HF LLaMA checkpoint with the `gguf` package.
 
-The vocabulary is copied exactly from the SentencePiece model: pieces, scores and token types
-(normal / unknown / control / user-defined / byte), BOS/EOS/UNK/PAD ids, and padded with
-`[PADn]` entries up to the model's `vocab_size` when the embedding was padded (as llama.cpp's
-converter does). q/k projections are un-permuted back to Meta's rotary layout, which llama.cpp
-expects. Tensors whose row length is not a multiple of the quant block fall back to F16.
+The file holds what llama.cpp's own `convert_hf_to_gguf.py` writes for the same folder (checked
+key by key in tests): `general.*` (gguf-py's `Metadata`), the llama hyperparameters, the model's
+rope scaling (`checkpoint.rope_config`: linear/YaRN keys, llama3 as `rope_freqs.weight`), and the
+vocabulary (`gguf_vocab`). Tensor names come from the one table in `checkpoint.names`; q/k are
+un-permuted back to Meta's rotary layout, which llama.cpp expects. Tensors whose row length is not
+a multiple of the quant block fall back to F16. Every input is validated before the file is opened.
 """
 
 from __future__ import annotations
