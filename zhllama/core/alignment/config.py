@@ -42,7 +42,13 @@ class PreferenceConfig(TrainConfig):
     max_seq_length: int = option(512, "Longest prompt + answer in tokens; longer pairs/prompts are skipped.")
 
     def checks(self):
-        return super().checks() + [("max_seq_length", self.max_seq_length >= 2, "must be >= 2")]
+        unsupported = "is not supported by rm / dpo / ppo"
+        return super().checks() + [
+            ("max_seq_length", self.max_seq_length >= 2, "must be >= 2"),
+            ("streaming", not self.streaming, unsupported),
+            ("rope_scaling", self.rope_scaling is None, f"{unsupported} (align the long-context model itself)"),
+            ("model_max_length", self.model_max_length is None, unsupported),
+        ]
 
 
 @dataclass
