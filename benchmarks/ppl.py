@@ -51,7 +51,7 @@ def main() -> dict:
     from llama_cpp import Llama
 
     from zhllama.core import console
-    from zhllama.core.perplexity import perplexity
+    from zhllama.core.perplexity import perplexity, safe_model_params
 
     console.SETTINGS.quiet = True
     corpus = SHARED / "corpus" / "zh_wiki_cmrc2018_contexts.txt"
@@ -69,7 +69,8 @@ def main() -> dict:
         start = time.perf_counter()
         ours = perplexity(gguf, text_file, context=CONTEXT, progress=False)
         ours_s = time.perf_counter() - start
-        llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, logits_all=True, verbose=False)
+        with safe_model_params():  # the same load settings as zhllama (see its docstring)
+            llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, logits_all=True, verbose=False)
         try:
             ids = llm.tokenize(text_file.read_text(encoding="utf-8").strip().encode("utf-8"), add_bos=True)
             timings, nlls = {}, {}

@@ -14,10 +14,6 @@ from zhllama.core.plugin_api import BenchmarkPlugin
 class Exam(BenchmarkPlugin):
     """A multiple-choice benchmark plugin; subclasses describe their file layout."""
 
-    name = ""
-    description = ""
-    requires: tuple[str, ...] = ()
-    install_hint = ""
     splits: tuple[str, ...] = ()  # the first is the default
     prompt_styles: tuple[str, ...] = ("default", "cla2")
     cla2_system = "You are a helpful assistant. 你是一个乐于助人的助手。"  # the CLA2 C-Eval evaluator's

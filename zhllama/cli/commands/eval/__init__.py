@@ -17,21 +17,25 @@ app = typer.Typer(help="Evaluate a model: C-Eval, CMMLU, LongBench, perplexity."
 ppl.register(app)
 
 
-def missing_command(name: str):
-    """The command of a benchmark plugin that provides none: says so instead of vanishing."""
+def broken_command(name: str, problem: str):
+    """The command of a benchmark plugin that cannot provide one: says why instead of vanishing."""
 
     def command() -> None:
-        raise UserError(f"benchmark plugin '{name}' provides no command (it must define typer_command())")
+        raise UserError(problem)
 
-    command.__doc__ = f"Benchmark plugin '{name}' (provides no command)."
+    command.__doc__ = f"Benchmark plugin '{name}' (unusable: see `zhllama plugins`)."
     return command
 
 
 def benchmark_command(name: str):
-    """(command function, examples) of one benchmark plugin."""
-    plugin = registry.load("benchmarks", name, check_requirements=False)
-    maker = getattr(plugin, "typer_command", None)
-    command = maker() if callable(maker) else missing_command(name)
+    """(command function, examples) of one benchmark plugin; a broken plugin never breaks the CLI."""
+    try:
+        plugin = registry.load("benchmarks", name, check_requirements=False)
+        command = plugin.typer_command()
+    except UserError as exc:
+        command = broken_command(name, str(exc))
+    except Exception as exc:  # third-party code: report it when the command is used, keep the CLI working
+        command = broken_command(name, f"benchmark plugin '{name}' has no usable command ({type(exc).__name__}: {exc})")
     return command, tuple(getattr(command, "examples", ()) or (f"zhllama eval {name} --help",))
 
 

@@ -1,0 +1,74 @@
+"""A third-party benchmark plugin gets its own `zhllama eval NAME` command (no `kind` dispatch)."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import typer
+from typer.testing import CliRunner
+
+from zhllama.core import registry
+from zhllama.core.plugin_api import BenchmarkPlugin
+
+
+def echo_command(word: str = typer.Option("hi", "--word")) -> None:
+    """Say a word."""
+    print(f"fake benchmark says {word}")
+
+
+echo_command.examples = ("zhllama eval fake --word yo",)
+
+
+class FakeBenchmark(BenchmarkPlugin):
+    name = "fake"
+    description = "a third-party benchmark"
+
+    @classmethod
+    def typer_command(cls):
+        return echo_command
+
+
+class NotABenchmark:
+    name = "broken"
+
+
+def test_third_party_plugin_brings_its_command(monkeypatch):
+    from zhllama.cli.commands.eval import benchmark_command
+
+    real = registry._entry_points
+
+    def with_fakes(kind):
+        found = dict(real(kind))
+        if kind == "benchmarks":
+            group = "zhllama.benchmarks"
+            found["fake"] = EntryPoint("fake", f"{__name__}:FakeBenchmark", group)
+            found["broken"] = EntryPoint("broken", f"{__name__}:NotABenchmark", group)
+        return found
+
+    monkeypatch.setattr(registry, "_entry_points", with_fakes)
+    command, examples = benchmark_command("fake")
+    assert command is echo_command and examples == ("zhllama eval fake --word yo",)
+    app = typer.Typer()
+    app.command("fake")(command)
+    app.command("other")(lambda: None)
+    result = CliRunner().invoke(app, ["fake", "--word", "yo"])
+    assert result.exit_code == 0 and "fake benchmark says yo" in result.output
+    broken, _ = benchmark_command("broken")  # a broken plugin never breaks the CLI: its command explains
+    try:
+        broken()
+    except Exception as exc:
+        assert "not a subclass of BenchmarkPlugin" in str(exc)
+    else:
+        raise AssertionError("the broken plugin's command must refuse")
+
+
+def test_building_the_eval_commands_leaves_torch_out():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, typer; from zhllama.cli.commands import eval as ev; ev.register(typer.Typer()); "
+        "print(sorted(c.name for c in ev.app.registered_commands), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['ceval', 'cmmlu', 'longbench', 'ppl'] False"
