@@ -345,6 +345,18 @@ class ByteProgress:
         self.progress.stop()
 
 
+def tokenize_files(store: Path, files: list[Path], keys: list[str], build) -> tuple[list[tuple[Path, object]], int]:
+    """[(cache folder, dataset or None)] per file, tokenizing (`build(file, tmp, progress)`) only the
+    files whose key is not cached yet, under one MB/s progress bar; and how many were tokenized."""
+    todo = [f for f, k in zip(files, keys, strict=True) if not (store / k / PARTS_FILE).is_file()]
+    stored = []
+    with ByteProgress("tokenizing", sum(f.stat().st_size for f in todo)) as progress:
+        for f, key in zip(files, keys, strict=True):
+            dataset, _ = cached_parts(store / key, lambda tmp, f=f: build(f, tmp, progress))
+            stored.append((store / key, dataset))
+    return stored, len(todo)
+
+
 # ---- pre-training --------------------------------------------------------------------------------
 def pretrain_file_key(tok_hash: str, path: Path, separator: str, grouping: str) -> str:
     return cache_key("pretrain-docs", tok_hash, separator, grouping == "cla2", sha256_file(path))
@@ -400,8 +412,40 @@ def group_cla2(flat, block_size: int):
     return flat[:total], np.array(lengths, dtype=np.int64)
 
 
-def write_blocks(doc_sets: list, block_size: int, grouping: str, folder: Path) -> list[str]:
-    """Group per-file document datasets into blocks; Arrow parts in `folder`."""
+def read_id_batches(folder: Path, rows: int | None = None, column: str = "input_ids"):
+    """(flat ids, row lengths) numpy pairs of a part store, read with plain file reads (no mmap: the
+    pages of a corpus-sized cache never count toward this process's RSS); `rows`: exactly that many
+    rows per batch (the last one shorter)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def raw():
+        for name in json.loads((folder / PARTS_FILE).read_text())["parts"]:
+            with pa.OSFile(str(folder / name)) as f:
+                for batch in pa.ipc.open_stream(f):
+                    col = batch.column(column)
+                    yield flat_ids(col), np.asarray(pc.list_value_length(col).to_numpy(), dtype=np.int64)
+
+    if rows is None:
+        yield from raw()
+        return
+    flats, lens, held = [], [], 0
+    for flat, lengths in raw():
+        flats.append(flat)
+        lens.append(lengths)
+        held += len(lengths)
+        while held >= rows:
+            flat, lengths = np.concatenate(flats), np.concatenate(lens)
+            cut = int(lengths[:rows].sum())
+            yield flat[:cut], lengths[:rows]
+            flats, lens, held = [flat[cut:]], [lengths[rows:]], held - rows
+    if held:
+        yield np.concatenate(flats), np.concatenate(lens)
+
+
+def write_blocks(doc_folders: list[Path], block_size: int, grouping: str, folder: Path) -> list[str]:
+    """Group per-file document stores into blocks; Arrow parts in `folder`."""
     import numpy as np
     import pyarrow as pa
 
@@ -412,15 +456,15 @@ def write_blocks(doc_sets: list, block_size: int, grouping: str, folder: Path) -
             parts.add_table(pa.table({"input_ids": list_array(flat, lengths)}))
 
     if grouping == "cla2":
-        for docs in doc_sets:
-            for batch in docs.with_format("arrow").iter(batch_size=MAP_BATCH):
-                emit(*group_cla2(flat_ids(batch["input_ids"]), block_size))
+        for docs in doc_folders:
+            for flat, _ in read_id_batches(docs, rows=MAP_BATCH):
+                emit(*group_cla2(flat, block_size))
         return parts.names
 
     def batches():
-        for docs in doc_sets:
-            for batch in docs.with_format("arrow").iter(batch_size=8 * MAP_BATCH):
-                yield flat_ids(batch["input_ids"])
+        for docs in doc_folders:
+            for flat, _ in read_id_batches(docs):
+                yield flat
 
     pending, pending_rows = [], 0
     for blocks in group_stream(batches(), block_size):
@@ -450,28 +494,25 @@ def pretrain_dataset(
     cache = Path(cache_dir or default_cache_dir())
     tok_hash = tokenizer_hash(tokenizer)
     keys = [pretrain_file_key(tok_hash, f, separator, grouping) for f in files]
-    todo = [f for f, k in zip(files, keys, strict=True) if not (cache / "docs" / k / PARTS_FILE).is_file()]
-    doc_sets = []
-    with ByteProgress("tokenizing", sum(f.stat().st_size for f in todo)) as progress:
-        for f, key in zip(files, keys, strict=True):
-            docs, _ = cached_parts(
-                cache / "docs" / key,
-                lambda tmp, f=f: tokenize_text_file(
-                    f, tokenizer, separator == "eos", grouping == "cla2", tmp, workers, progress
-                ),
-            )
-            doc_sets.append(docs)
-    doc_sets = [d for d in doc_sets if d is not None and len(d)]
-    if not doc_sets:
+    stored, tokenized = tokenize_files(
+        cache / "docs",
+        files,
+        keys,
+        lambda f, tmp, progress: tokenize_text_file(
+            f, tokenizer, separator == "eos", grouping == "cla2", tmp, workers, progress
+        ),
+    )
+    doc_folders = [folder for folder, docs in stored if docs is not None and len(docs)]
+    if not doc_folders:
         raise UserError(f"{', '.join(map(str, files))}: no text found (empty data)")
     block_key = cache_key("pretrain-blocks", keys, block_size, grouping)
     blocks, _ = cached_parts(
-        cache / "blocks" / block_key, lambda tmp: write_blocks(doc_sets, block_size, grouping, tmp)
+        cache / "blocks" / block_key, lambda tmp: write_blocks(doc_folders, block_size, grouping, tmp)
     )
     if blocks is None:
-        total = sum(len(flat_ids(d.data.column("input_ids"))) for d in doc_sets)
+        total = sum(len(flat) for folder in doc_folders for flat, _ in read_id_batches(folder))
         raise UserError(f"data has {total} tokens, fewer than one block of --block-size {block_size}")
-    return blocks, {"tokenized_files": len(todo), "reused_files": len(files) - len(todo)}
+    return blocks, {"tokenized_files": tokenized, "reused_files": len(files) - tokenized}
 
 
 def pretrain_stream(
@@ -729,22 +770,19 @@ def sft_dataset(
     cache = Path(cache_dir or default_cache_dir())
     tok_hash = tokenizer_hash(tokenizer)
     keys = [cache_key("sft", tok_hash, template.name, system, max_len, sha256_file(f)) for f in files]
-    todo = [f for f, k in zip(files, keys, strict=True) if not (cache / "sft" / k / PARTS_FILE).is_file()]
-    sets = []
-    with ByteProgress("tokenizing", sum(f.stat().st_size for f in todo)) as progress:
-        for f, key in zip(files, keys, strict=True):
-            examples, _ = cached_parts(
-                cache / "sft" / key,
-                lambda tmp, f=f: tokenize_record_file(f, tokenizer, template, system, max_len, tmp, workers, progress),
-            )
-            sets.append(examples)
-    sets = [s for s in sets if s is not None and len(s)]
+    stored, tokenized = tokenize_files(
+        cache / "sft",
+        files,
+        keys,
+        lambda f, tmp, progress: tokenize_record_file(f, tokenizer, template, system, max_len, tmp, workers, progress),
+    )
+    sets = [s for _, s in stored if s is not None and len(s)]
     if not sets:
         if not any(_has_records(f) for f in files):
             raise UserError(f"{', '.join(map(str, files))}: no records (empty data)")
         raise UserError(f"no record has answer tokens within --max-seq-length {max_len}")
     dataset = sets[0] if len(sets) == 1 else concatenate_datasets(sets)
-    return dataset, {"tokenized_files": len(todo), "reused_files": len(files) - len(todo)}
+    return dataset, {"tokenized_files": tokenized, "reused_files": len(files) - tokenized}
 
 
 def _has_records(path: Path) -> bool:
