@@ -210,6 +210,35 @@ def test_rope_scaling_is_trained_and_written(tmp_path, short_model, tiny_cfg, fu
         assert json.loads((cfg.output / "zhllama_overrides.json").read_text()) == {"config": expected}
 
 
+def test_rope_scaled_lora_carries_into_merged_config_and_gguf(tmp_path, short_model, tiny_cfg, run_cli):
+    """Issue 13's training recipe end to end: train at 4x, merge, GGUF (merge/GGUF are `zhllama merge`'s
+    and `quantize gguf`'s; this checks the contract `zhllama_overrides.json` between them)."""
+    import gguf
+    from transformers import AutoConfig
+
+    cfg = tiny_cfg(
+        short_model,
+        data_path("corpus_zh.txt"),
+        max_steps=1,
+        rope_scaling="linear",
+        rope_factor=4.0,
+        extra={"block_size": 128},
+    )
+    pretrain(cfg)
+    merged = tmp_path / "merged"
+    code, _, err = run_cli("merge", "--base", short_model, "--lora", cfg.output, "--output", merged)
+    assert code == 0, err
+    config = AutoConfig.from_pretrained(merged)
+    assert config.max_position_embeddings == 128
+    assert config.rope_parameters["rope_type"] == "linear" and config.rope_parameters["factor"] == 4.0
+    code, _, err = run_cli("quantize", "gguf", "--model", merged, "--type", "F16", "--output", tmp_path / "m.gguf")
+    assert code == 0, err
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    value = lambda key: fields[key].contents()  # noqa: E731
+    assert value("llama.rope.scaling.type") == "linear" and value("llama.rope.scaling.factor") == 4.0
+    assert value("llama.context_length") == 128
+
+
 def test_yarn_records_the_original_length_and_refuses_a_second_scaling(tmp_path, short_model, tiny_cfg):
     from zhllama.core.training.runner import load_model
 
