@@ -225,3 +225,39 @@ def test_dpo_deepspeed_zero3_without_launcher(tmp_path, tiny_base_model, separab
     adapter = load_file(out / "adapter_model.safetensors")
     a = next(v for k, v in adapter.items() if k.endswith("q_proj.lora_A.weight"))
     assert a.shape == (8, 64)  # gathered from the ZeRO-3 partitions, not an empty shard
+
+
+def test_ppo_scores_with_an_rm_adapter(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    """An `rm` LoRA output as --reward-model: batched, padded scores equal one-at-a-time PEFT scores."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from zhllama.core.alignment.tasks import RewardModelScorer, load_reward_model
+
+    rm_cfg = align_cfg(RmConfig, tiny_base_model, separable_pairs, output=tmp_path / "rm", max_steps=3)
+    rm(rm_cfg)
+    tok = ZhTokenizer(tmp_path / "rm")
+    model = load_reward_model(tmp_path / "rm", tok, torch.float32)
+    prompts = {"a": [tok.bos_id, *tok.encode("What do you think")], "b": [tok.bos_id, *tok.encode("Hi")]}
+    completions = [tok.encode("It is good, the cat is good.") + [tok.eos_id], tok.encode("bad") + [tok.eos_id]]
+    scores = RewardModelScorer(model, tok.pad_id, prompts)(["a", "b"], None, completions)
+    reference = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(str(tiny_base_model), num_labels=1), str(tmp_path / "rm")
+    ).eval()
+    with torch.no_grad():
+        for got, (key, completion) in zip(scores, zip("ab", completions, strict=True), strict=True):
+            expected = reference(torch.tensor([prompts[key] + completion])).logits.item()
+            assert got == pytest.approx(expected, abs=1e-5)
+
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text('{"prompt": "Tell me"}\n{"prompt": "Say it"}\n')
+    cfg = align_cfg(
+        PpoConfig,
+        tiny_base_model,
+        prompts_file,
+        output=tmp_path / "ppo",
+        reward_model=tmp_path / "rm",
+        max_steps=2,
+        max_completion_length=4,
+    )
+    assert ppo(cfg)["steps"] == 2
