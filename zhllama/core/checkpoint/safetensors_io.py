@@ -146,7 +146,8 @@ class StreamWriter:
             raise ValueError(
                 f"tensor {name} {tensor.dtype} {tuple(tensor.shape)} != declared {self.expected[self.position]}"
             )
-        self.file.write(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            self.file.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))  # no extra copy
         self.position += 1
 
     def close(self) -> None:
