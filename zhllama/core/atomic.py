@@ -7,7 +7,8 @@ Temporary siblings are named `.NAME.zhllama-tmp.HOST.PID.RANDOM` (and `.zhllama-
 previous output while a forced replacement swaps it out), so that a run killed with SIGKILL
 leaves something recognisable: the next atomic write into the same folder removes such
 siblings whose process is gone (`clean_stale`), and reports those it cannot judge (another
-host's). Outputs get the modes `save_pretrained` gives: 0666/0777 minus the umask.
+host's). Outputs get the modes a plain write gives, 0666/0777 minus the umask (mkstemp, mkdtemp
+and safetensors' own temporary file would leave 0600/0700 whatever the umask).
 """
 
 from __future__ import annotations
