@@ -401,6 +401,18 @@ CASES: list[Case] = [
         r"--character-coverage: 0\.5 is below 0\.98",
     ),
     # global usage
+    Case(
+        "json-mode-error-keeps-stdout-empty",
+        "non-utf8",
+        lambda w: ["--json", "vocab", "stats", "-t", w.base_tok, "--text", w.bad_text],
+        r"bad_text\.txt: not UTF-8 text",
+    ),
+    Case(
+        "quiet-mode-error-still-one-line",
+        "option-range",
+        lambda w: ["--quiet", "vocab", "train", "-i", w.text, "--vocab-size", 100000, "-o", w.out],
+        r"--vocab-size: 100000",
+    ),
     Case("unknown-command", "usage", lambda w: ["vocabulary"], r"No such command 'vocabulary'"),
     Case("unknown-option", "usage", lambda w: ["vocab", "stats", "--txt", w.text], r"No such option: --txt"),
     Case(
