@@ -181,3 +181,23 @@ def test_an_unwritable_output_folder_names_the_output_not_the_temporary_name(run
     rc, _, err = run_cli(*_train_args(tmp_path, corpus))
     assert rc == 1
     assert err.splitlines() == [f"zhllama: error: {tmp_path / 'out' / 'sp.model'}: permission denied"]
+
+
+def test_nested_commands_share_the_outer_hold(monkeypatch):
+    """`zhllama demo` runs the other commands in-process: their settling must not drop its lines."""
+    import io
+
+    from rich.console import Console
+
+    from zhllama.core import console
+
+    piped = Console(file=io.StringIO(), force_terminal=False, soft_wrap=True, highlight=False)
+    monkeypatch.setattr(console, "stderr", piped)
+    console.begin_command()
+    console.log("stage 1: vocab train")
+    console.begin_command()  # the nested command
+    console.log("nested log")
+    console.end_command(False)  # a nested failure does not settle the outer hold
+    assert piped.file.getvalue() == ""
+    console.end_command(True)
+    assert piped.file.getvalue() == "stage 1: vocab train\nnested log\n"

@@ -53,6 +53,7 @@ class _Held:
 
     def __init__(self) -> None:
         self.active = False
+        self.depth = 0  # nested commands (`zhllama demo` runs the others in-process) share one hold
         self.lines: list[str] = []
         self.timer: threading.Timer | None = None
         self.lock = threading.RLock()
@@ -64,8 +65,10 @@ _HELD = _Held()
 def begin_command() -> None:
     """Start holding log lines (only when stderr is not a terminal; `--debug` shows all at once)."""
     with _HELD.lock:
-        _HELD.lines.clear()
-        _HELD.active = not stderr.is_terminal and not SETTINGS.debug
+        _HELD.depth += 1
+        if _HELD.depth == 1:
+            _HELD.lines.clear()
+            _HELD.active = not stderr.is_terminal and not SETTINGS.debug
 
 
 def release_held() -> None:
@@ -81,8 +84,13 @@ def release_held() -> None:
 
 
 def end_command(ok: bool) -> None:
-    """Release the held lines after success; drop them after a failure (only the error line remains)."""
+    """Release the held lines after success; drop them after a failure (only the error line remains).
+
+    Only the outermost command settles them."""
     with _HELD.lock:
+        _HELD.depth = max(0, _HELD.depth - 1)
+        if _HELD.depth:
+            return
         if not ok:
             _HELD.lines.clear()
         release_held()
