@@ -196,14 +196,25 @@ def test_dpo_resume_is_bit_exact(tmp_path, tiny_base_model, separable_pairs, ali
     )
 
 
-def test_dpo_qlora(tmp_path, tiny_base_model, separable_pairs, align_cfg):
-    """--qlora 4 trains a LoRA adapter on a bitsandbytes 4-bit base (implicit reference as with LoRA)."""
+def test_qlora_dpo_rm_ppo(tmp_path, tiny_base_model, separable_pairs, align_cfg):
+    """--qlora 4 trains LoRA on a bitsandbytes 4-bit base for all three (trainable heads kept in fp32)."""
     pytest.importorskip("bitsandbytes")
-    cfg = align_cfg(DpoConfig, tiny_base_model, separable_pairs, qlora=4, max_steps=2, per_device_train_batch_size=2)
-    summary = dpo(cfg)
+    common = dict(qlora=4, max_steps=2, per_device_train_batch_size=2)
+    summary = dpo(align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "dpo", **common))
     assert summary["steps"] == 2
-    adapter = load_file(cfg.output / "adapter_model.safetensors")
+    adapter = load_file(tmp_path / "dpo" / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter) and not any(".ref." in k for k in adapter)
+    assert rm(align_cfg(RmConfig, tiny_base_model, separable_pairs, output=tmp_path / "rm", **common))["steps"] == 2
+    cfg = align_cfg(
+        PpoConfig,
+        tiny_base_model,
+        separable_pairs,
+        output=tmp_path / "ppo",
+        reward_model=tmp_path / "rm",
+        max_completion_length=3,
+        **common,
+    )
+    assert ppo(cfg)["steps"] == 2
 
 
 @pytest.mark.slow

@@ -95,20 +95,22 @@ def load_tokenizer(cfg: TrainConfig):
     return tokenizer
 
 
-def quantization(cfg: TrainConfig):
+def quantization(cfg: TrainConfig, reward_head: bool):
+    """The project's bitsandbytes config for `--qlora 4|8` (CPU-safe 4-bit; a reward head stays full precision)."""
     if cfg.qlora is None:
         return None
     import torch
-    from transformers import BitsAndBytesConfig
+    from transformers import AutoConfig
 
-    if cfg.qlora == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-    )
+    from zhllama.core.loading.quantization import bnb_config, cpu_4bit_unsupported
+
+    load = f"{cfg.qlora}bit"
+    skip = []
+    if load == "4bit" and not torch.cuda.is_available():
+        skip = cpu_4bit_unsupported(AutoConfig.from_pretrained(str(cfg.model), trust_remote_code=False))
+    if reward_head:
+        skip.append("score")
+    return bnb_config(load, "float32", double_quant=True, skip_modules=skip or None)
 
 
 def load_base(cfg: TrainConfig, tokenizer, reward_head: bool = False):
@@ -120,7 +122,7 @@ def load_base(cfg: TrainConfig, tokenizer, reward_head: bool = False):
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
     kwargs = {"dtype": torch.bfloat16 if cfg.bf16 else torch.float32, "attn_implementation": cfg.attn}
-    quant = quantization(cfg)
+    quant = quantization(cfg, reward_head)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": "cpu"} if not torch.cuda.is_available() else None
@@ -175,6 +177,17 @@ def peft_setup(cfg: TrainConfig, model, task_type: str, always_save: tuple[str, 
 
         return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True), None
     return model, lora_config(cfg, model, task_type, always_save)
+
+
+def fp32_trainables(trainer, cfg: TrainConfig) -> None:
+    """Undo TRL's bf16 cast of a quantized model's trainable full modules (score head, embed_tokens,
+    lm_head): zhllama computes in fp32 (`bnb_4bit_compute_dtype`), and a bf16 head fed fp32 hidden
+    states fails ("expected m1 and m2 to have the same dtype"). LoRA weights keep TRL's bf16."""
+    if cfg.qlora is None or cfg.bf16:
+        return
+    for name, param in trainer.model.named_parameters():
+        if param.requires_grad and "lora_" not in name:
+            param.data = param.data.float()
 
 
 def history(trainer, key: str) -> list[tuple[int, float]]:

@@ -75,6 +75,7 @@ def rm(cfg: RmConfig) -> dict:
             processing_class=tokenizer.hf,
             peft_config=peft_config,
         )
+    align.fp32_trainables(trainer, cfg)
 
     def metrics():
         scored = eval_set if eval_set is not None else train_set
@@ -128,6 +129,7 @@ def dpo(cfg: DpoConfig) -> dict:
             processing_class=tokenizer.hf,
             peft_config=peft_config,
         )
+    align.fp32_trainables(trainer, cfg)
 
     def metrics():
         first_margin, last_margin = align.first_last(trainer, "rewards/margins")
@@ -300,6 +302,7 @@ def ppo(cfg: PpoConfig) -> dict:
             processing_class=tokenizer.hf,
             peft_config=peft_config,
         )
+    align.fp32_trainables(trainer, cfg)
 
     def metrics():
         first_reward, last_reward = align.first_last(trainer, "reward")
