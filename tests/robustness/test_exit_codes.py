@@ -201,3 +201,20 @@ def test_nested_commands_share_the_outer_hold(monkeypatch):
     assert piped.file.getvalue() == ""
     console.end_command(True)
     assert piped.file.getvalue() == "stage 1: vocab train\nnested log\n"
+
+
+def test_log_and_warning_lines_survive_brackets_in_paths(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from zhllama.core import console
+
+    piped = Console(file=io.StringIO(), force_terminal=False, soft_wrap=True, highlight=False)
+    monkeypatch.setattr(console, "stderr", piped)
+    console.log("loading /data/[/b]/model ...")  # not valid markup: printed as is, no MarkupError
+    console.warn("/data/[x]/tok: merged pieces tie in score")
+    assert piped.file.getvalue().splitlines() == [
+        "loading /data/[/b]/model ...",
+        "zhllama: warning: /data/[x]/tok: merged pieces tie in score",
+    ]

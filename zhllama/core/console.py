@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -80,7 +81,7 @@ def release_held() -> None:
             _HELD.timer = None
         lines, _HELD.lines = _HELD.lines, []
         for line in lines:
-            stderr.print(line)
+            _print(line)
 
 
 def end_command(ok: bool) -> None:
@@ -96,10 +97,19 @@ def end_command(ok: bool) -> None:
         release_held()
 
 
+def _print(line: str) -> None:
+    """Print a log line as Rich markup; a line whose brackets are not valid markup (a path such as
+    `data/[/x]`) is printed as plain text rather than failing the command."""
+    try:
+        stderr.print(line)
+    except MarkupError:
+        stderr.print(line, markup=False)
+
+
 def _say(line: str) -> None:
     with _HELD.lock:
         if not _HELD.active:
-            stderr.print(line)
+            _print(line)
             return
         _HELD.lines.append(line)
         if _HELD.timer is None:
@@ -116,7 +126,7 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning on stderr; shown even with `--quiet` because it may change results."""
-    _say(f"[yellow]zhllama: warning:[/yellow] {message}")
+    _say(f"[yellow]zhllama: warning:[/yellow] {escape(message)}")  # paths may hold brackets
 
 
 def progress_enabled() -> bool:
