@@ -254,3 +254,34 @@ def test_merge_refuses_existing_output(run_cli, tmp_path, base_tokenizer, zh_sp_
     code, _, err = run_cli("vocab", "merge", "--base", base_tokenizer, "--add", zh_sp_model, "--output", out)
     assert code == 2 and "--force" in err
     assert (out / "keep").exists()
+
+
+def test_library_calls_never_overwrite_their_inputs(tmp_path, base_tokenizer, zh_sp_model):
+    """The guards live in core (vocab.train / vocab.merge), not only in the CLI."""
+    from zhllama.core.assets import data_path
+    from zhllama.core.errors import UserError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(data_path("corpus_en.txt").read_bytes())
+    before = corpus.read_bytes()
+    with pytest.raises(UserError, match="the output is the input"):
+        vocab.train([corpus], 300, corpus, force=True)
+    assert corpus.read_bytes() == before
+    base = tmp_path / "base"
+    shutil.copytree(base_tokenizer, base)
+    with pytest.raises(UserError, match="the output is the input"):
+        vocab.merge(base, [zh_sp_model], base, force=True)
+    with pytest.raises(UserError, match="the output sits inside the input"):
+        vocab.merge(base, [zh_sp_model], base / "merged")
+    with pytest.raises(UserError, match="--pad-token: '</s>' is already the eos token"):
+        vocab.merge(base, [zh_sp_model], tmp_path / "m", pad_token="</s>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "corpus.txt"]
+
+
+def test_stats_reads_its_text_as_strict_utf8(tmp_path, base_tokenizer):
+    from zhllama.core.errors import UserError
+
+    text = tmp_path / "t.txt"
+    text.write_bytes("中文\n".encode() + b"\x80\n")
+    with pytest.raises(UserError, match=r"t\.txt: not UTF-8 text \(byte 7: invalid start byte\)"):
+        vocab.stats([base_tokenizer], text)
