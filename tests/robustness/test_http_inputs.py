@@ -91,3 +91,37 @@ def test_bad_request_is_a_4xx_in_openai_shape(client, path, body, status, param,
     assert re.search(pattern, error["message"]), error["message"]
     ok = client.post(CHAT, json={"messages": U, "max_tokens": 1})  # the server still serves
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 1
+
+
+def test_a_failure_after_the_stream_started_is_an_error_event_then_done(tiny_zh_model, monkeypatch):
+    """Headers are gone once streaming starts: the failure must arrive as an SSE error event,
+    followed by [DONE], never as a cut connection."""
+    from fastapi.testclient import TestClient
+
+    from zhllama.core.engine import GenerationParams, open_model
+    from zhllama.core.generation import respond
+    from zhllama.core.generation.runtime import ChatRuntime
+    from zhllama.core.templates import get_template
+    from zhllama.server import create_app
+
+    real_iter = respond.Reply.__iter__
+
+    def fail_after_first_chunk(self):
+        for chunk in real_iter(self):
+            yield chunk
+            raise RuntimeError("device lost")
+
+    monkeypatch.setattr(respond.Reply, "__iter__", fail_after_first_chunk)
+    model = open_model(tiny_zh_model)
+    try:
+        app = create_app(ChatRuntime(model, get_template("llama2-zh"), "tiny-zh"), GenerationParams(max_new_tokens=8))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.post(CHAT, json={"messages": U, "stream": True})
+    finally:
+        model.close()
+    assert response.status_code == 200
+    events = [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert "device lost" in error["message"]
+    assert any("choices" in json.loads(e) for e in events[:-2])  # the stream had started
