@@ -272,3 +272,16 @@ def test_ppo_scores_with_an_rm_adapter(tmp_path, tiny_base_model, separable_pair
         max_completion_length=4,
     )
     assert ppo(cfg)["steps"] == 2
+
+
+def test_failed_run_leaves_no_output(tmp_path, tiny_base_model, separable_pairs, align_cfg, monkeypatch):
+    from transformers import Trainer
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "training_step", boom)
+    cfg = align_cfg(DpoConfig, tiny_base_model, separable_pairs, max_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        dpo(cfg)
+    assert not cfg.output.exists()

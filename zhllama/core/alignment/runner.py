@@ -237,8 +237,14 @@ def train(
 
     start = time.perf_counter()
     resume = str(resume_checkpoint(cfg)) if cfg.resume else None
-    with stdout_to_stderr():
-        result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        with stdout_to_stderr():
+            result = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:  # sft's rule: a run that fails before its first checkpoint leaves no OUT behind
+        from zhllama.core.training.runner import _remove_if_no_checkpoint
+
+        _remove_if_no_checkpoint(cfg.output)
+        raise
     seconds = time.perf_counter() - start
     extra = metrics()
     if trainer.is_world_process_zero():  # the shared summary table shows losses; these are the task's numbers
