@@ -18,6 +18,7 @@ class ProgressCallback(TrainerCallback):
     def __init__(self):
         self.tokens = 0
         self.earlier_seconds = 0.0  # training time before a --resume
+        self.earlier_tokens = 0
         self.start = None
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
@@ -43,7 +44,7 @@ class ProgressCallback(TrainerCallback):
             saved = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             return  # a checkpoint from before this file existed: the summary covers the resumed part
-        self.tokens = int(saved.get("tokens", 0)) if main else 0
+        self.tokens = self.earlier_tokens = int(saved.get("tokens", 0)) if main else 0
         self.earlier_seconds = float(saved.get("seconds", 0.0))
 
     def seconds(self) -> float:
@@ -70,7 +71,7 @@ class ProgressCallback(TrainerCallback):
 
     def tokens_per_second(self) -> float:
         elapsed = time.perf_counter() - self.start if self.start else 0.0
-        return self.tokens / elapsed if elapsed > 0 else 0.0
+        return (self.tokens - self.earlier_tokens) / elapsed if elapsed > 0 else 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None:
