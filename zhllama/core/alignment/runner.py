@@ -116,11 +116,12 @@ def quantization(cfg: TrainConfig, reward_head: bool):
 def load_base(cfg: TrainConfig, tokenizer, reward_head: bool = False):
     """The policy (causal LM) or a reward model (sequence classification, one label), sized for the tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
     from zhllama.core.tokenizer import ZhTokenizer
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
+    set_seed(cfg.seed)  # a reward head and new embedding rows are random: runs must not depend on earlier work
     kwargs = {"dtype": torch.bfloat16 if cfg.bf16 else torch.float32, "attn_implementation": cfg.attn}
     quant = quantization(cfg, reward_head)
     if quant is not None:
