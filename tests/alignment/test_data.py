@@ -210,3 +210,13 @@ def test_dpo_losses_are_trls():
 
     source = inspect.getsource(DPOTrainer)
     assert set(DPO_LOSSES) == set(re.findall(r'loss_type == "(\w+)"', source))
+
+
+def test_missing_trl_is_an_install_hint(tmp_path, run_cli, monkeypatch, tiny_base_model, separable_pairs):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if the align extra were not installed
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("dpo", "--model", tiny_base_model, "--data", separable_pairs, "--output", out)
+    assert code == 2 and not out.exists()
+    assert stderr.startswith("zhllama: error: rm / dpo / ppo need TRL") and "pip install 'zhllama[align]'" in stderr

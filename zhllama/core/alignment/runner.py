@@ -58,7 +58,14 @@ def trl():
     """The `trl` module. Imported with stdout pointed at stderr: TRL imports DeepSpeed when installed, whose
     logger writes to the stdout of its import time (a warning there would break `--json`)."""
     with stdout_to_stderr():
-        import trl
+        try:
+            import trl
+        except ImportError as exc:
+            from zhllama.core.errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                f"rm / dpo / ppo need TRL ({exc}); install it with: pip install 'zhllama[align]'"
+            ) from exc
 
         if importlib.util.find_spec("deepspeed") is not None:
             import deepspeed  # noqa: F401  (its logger binds to the redirected stream now)
