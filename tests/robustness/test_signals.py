@@ -63,22 +63,44 @@ def _wait_for_temp_sibling(proc: subprocess.Popen, folder: Path, timeout: float 
     pytest.fail("quantize never started writing")
 
 
+def _stopped_mid_write(model: Path, folder: Path, attempts: int = 3) -> tuple[subprocess.Popen, Path]:
+    """A quantize run frozen (SIGSTOP) while its temporary sibling exists and its output does not.
+
+    On a loaded machine the poller may only look after the rename; such a run is discarded and
+    the next attempt starts in a fresh folder."""
+    for attempt in range(attempts):
+        out = folder / f"try{attempt}"
+        out.mkdir()
+        proc = _start_quantize(model, out / "m.gguf")
+        sibling = _wait_for_temp_sibling(proc, out)
+        proc.send_signal(signal.SIGSTOP)
+        if sibling.exists() and not (out / "m.gguf").exists():
+            return proc, sibling
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=120)
+    pytest.fail(f"quantize was never caught mid-write in {attempts} attempts")
+
+
 @pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM")])  # SIGINT: test_exit_codes
 def test_term_removes_the_partial_output(big_model, tmp_path, sig, code, name):
-    proc = _start_quantize(big_model, tmp_path / "m.gguf")
-    sibling = _wait_for_temp_sibling(proc, tmp_path)
+    proc, sibling = _stopped_mid_write(big_model, tmp_path)
+    try:
+        proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert f".{proc.pid}." in sibling.name
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert err.splitlines() == [f"zhllama: error: interrupted by {name}; unfinished outputs were removed"]
     assert out == ""
-    assert list(tmp_path.iterdir()) == []
+    assert list(sibling.parent.iterdir()) == []
 
 
 def test_sigkill_leaves_a_named_sibling_that_the_next_writer_removes(big_model, tmp_path, run_cli):
-    proc = _start_quantize(big_model, tmp_path / "m.gguf")
-    sibling = _wait_for_temp_sibling(proc, tmp_path)
+    proc, sibling = _stopped_mid_write(big_model, tmp_path)
+    folder = sibling.parent
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -86,7 +108,8 @@ def test_sigkill_leaves_a_named_sibling_that_the_next_writer_removes(big_model, 
     from zhllama.core.assets import data_path
 
     code, _, err = run_cli(
-        "vocab", "train", "-i", data_path("corpus_en.txt"), "--vocab-size", 300, "-o", tmp_path / "sp.model"
+        "vocab", "train", "-i", data_path("corpus_en.txt"), "--vocab-size", 300, "-o", folder / "sp.model"
     )
     assert code == 0, err
-    assert [p.name for p in tmp_path.iterdir()] == ["sp.model"]
+    assert f"removed {sibling}: left by an interrupted run (pid {proc.pid})" in err
+    assert [p.name for p in folder.iterdir()] == ["sp.model"]

@@ -157,6 +157,7 @@ def clean_stale(folder: str | os.PathLike[str]) -> list[Path]:
             continue
         _remove(entry)
         removed.append(entry)
+        console.log(f"removed {entry}: left by an interrupted run (pid {match['pid']})")
     return removed
 
 
