@@ -64,9 +64,12 @@ SIBLING = re.compile(r"^\.out\.zhllama-tmp\.[A-Za-z0-9-]+\.(\d+)\.[0-9a-f]+$")
 
 
 def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+    """The pid of a process that has exited (and not been reused yet, on a busy machine)."""
+    while True:
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        if not atomic._pid_alive(proc.pid):
+            return proc.pid
 
 
 def test_temp_sibling_is_named_with_this_pid(tmp_path):
