@@ -935,6 +935,47 @@ CASES: list[Case] = [
         r"--port .*(in use|already)",
         pending="infer",
     ),
+    Case(
+        "predict-output-is-input",
+        "output-is-input",
+        lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.model / "p.jsonl"],
+        r"model/p\.jsonl: --output may not be the model or sit inside its folder",
+    ),
+    Case(
+        "predict-non-utf8",
+        "non-utf8",
+        lambda w: ["predict", "-m", w.model, "-i", w.bad_text, "-o", w.outputs / "p.jsonl"],
+        r"bad_text\.txt(:\d+)?: not UTF-8",
+    ),
+    # convert (ckpt)
+    Case(
+        "convert-output-is-input",
+        "output-is-input",
+        lambda w: ["convert", "-i", w.model, "-o", w.model, "--force"],
+        r"output is the input",
+    ),
+    Case(
+        "convert-unknown-layout",
+        "option-range",
+        lambda w: ["convert", "-i", w.model, "-o", w.out, "--to", "onnx"],
+        r"onnx",
+    ),
+    Case(
+        "convert-truncated-weights",
+        "corrupt-file",
+        lambda w: [
+            "convert",
+            "-i",
+            w.make("trunc", truncated(lambda n: n - 1000)),
+            "-o",
+            w.out,
+            "--from",
+            "hf",
+            "--to",
+            "meta",
+        ],
+        r"trunc/model\.safetensors: not a valid safetensors file",
+    ),
     # tiny-model (lead)
     Case(
         "tiny-model-output-is-tokenizer",
