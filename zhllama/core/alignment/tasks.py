@@ -17,7 +17,13 @@ from zhllama.core.alignment.config import DpoConfig, PpoConfig, PreferenceConfig
 from zhllama.core.errors import UserError
 from zhllama.core.templates import get_template
 from zhllama.core.training.data import expand_files
-from zhllama.core.training.tasks import _split as split
+
+
+def split(dataset, fraction: float, seed: int):
+    """sft's validation split (imported here: zhllama.core.training.tasks pulls in torch)."""
+    from zhllama.core.training.tasks import _split
+
+    return _split(dataset, fraction, seed)
 
 
 def _template_settings(cfg: PreferenceConfig):
