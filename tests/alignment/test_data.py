@@ -220,3 +220,16 @@ def test_missing_trl_is_an_install_hint(tmp_path, run_cli, monkeypatch, tiny_bas
     code, _, stderr = run_cli("dpo", "--model", tiny_base_model, "--data", separable_pairs, "--output", out)
     assert code == 2 and not out.exists()
     assert stderr.startswith("zhllama: error: rm / dpo / ppo need TRL") and "pip install 'zhllama[align]'" in stderr
+
+
+def test_command_modules_import_no_heavy_library():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import zhllama.cli.commands.rm, zhllama.cli.commands.dpo, zhllama.cli.commands.ppo, zhllama.core.alignment\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets', 'deepspeed') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
