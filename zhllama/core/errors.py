@@ -7,11 +7,12 @@ the one mapping from an exception to (exit code, message line) that `zhllama.cli
 | exception | exit | line |
 |---|---|---|
 | UserError, UnicodeDecodeError, FileNotFoundError/IsADirectoryError/NotADirectoryError | 2 | `zhllama: error: ...` |
-| disk full / quota / read-only / permission (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM) | 1 | `zhllama: error: PATH: ...` |
+| disk full / quota / read-only / permission (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM), also wrapped by a library ("(os error 28)", numpy's short write) | 1 | `zhllama: error: PATH: ...` |
 | SIGINT / SIGTERM (`Interrupted`, KeyboardInterrupt) | 130 / 143 | `zhllama: error: interrupted ...` |
 | anything else (a bug) | 1 | `zhllama: internal error: ...` |
 
-Tracebacks are shown only with `--debug`.
+PATH is the output being written when the failure happened inside `zhllama.core.atomic` (noted on
+the exception), else the file the OS error names. Tracebacks are shown only with `--debug`.
 """
 
 from __future__ import annotations
