@@ -305,3 +305,58 @@ def test_tiny_model_predictions_are_pinned(tmp_path, model):
         got = [round(r["scores"][letter], 4) for r in first for letter in "ABCD"]
         assert got == pytest.approx(PINNED[name], abs=2e-3)
         assert [r["prediction"] for r in first] == [PINNED_LETTERS[name]] * 3
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_longbench_e_buckets_and_rope_extended_max_length(tmp_path, tiny_zh_model, run_cli):
+    data = tmp_path / "lbe"
+    data.mkdir()
+    code_line = "def add(a, b):\n    return a + b\n" * 3
+    rows = [
+        {
+            "input": "",
+            "context": code_line,
+            "answers": ["return a + b"],
+            "all_classes": None,
+            "length": n,
+            "_id": str(n),
+        }
+        for n in (100, 5000, 9000)
+    ]
+    write_jsonl(data / "lcc_e.jsonl", rows)
+    base = ("--json", "eval", "longbench", "--model", tiny_zh_model, "--data-dir", data, "--tasks", "lcc", "--e")
+    code, out, err = run_cli(*base, "--output", tmp_path / "e", "--max-length", "64")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["benchmark"] == "longbench-e"
+    buckets = summary["tasks"]["lcc"]["buckets"]
+    records = {
+        r["id"]: r["score"] for r in map(json.loads, (tmp_path / "e" / "predictions.jsonl").read_text().splitlines())
+    }
+    assert buckets == pytest.approx(
+        {"0-4k": 100 * records["100"], "4-8k": 100 * records["5000"], "8k+": 100 * records["9000"]}
+    )
+    assert summary["buckets"] == pytest.approx(buckets)
+    # the tiny model has 2048 positions: 3000 needs the rope flags (linear x2 -> 4096)
+    code, _, err = run_cli(*base, "--output", tmp_path / "r1", "--max-length", "3000", "--limit", "1")
+    assert code == 2 and "longer than the model's context (2048 tokens)" in err
+    extended = ("--rope-scaling", "linear", "--rope-factor", "2", "--max-length", "3000", "--limit", "1")
+    code, out, err = run_cli(*base, "--output", tmp_path / "r2", *extended)
+    assert code == 0, err
+    assert json.loads(out)["settings"]["max_length"] == 3000
+
+
+def test_longbench_official_configs_add_english_tasks(tmp_path):
+    from zhllama.plugins.benchmarks.longbench import LongBench
+
+    data = tmp_path / "lb"
+    data.mkdir()
+    (data / "dataset2prompt.json").write_text(json.dumps({"trec": "{context}\n{input}", "lsht": "X{input}"}))
+    (data / "dataset2maxlen.json").write_text(json.dumps({"trec": 64, "lsht": 16}))
+    configs = LongBench().tasks(data)
+    assert configs["trec"] == {"prompt": "{context}\n{input}", "max_new_tokens": 64, "category": "few-shot"}
+    assert configs["lsht"]["prompt"] == "X{input}" and configs["lsht"]["max_new_tokens"] == 16
+    assert "dureader" in configs  # shipped ones stay

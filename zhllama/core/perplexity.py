@@ -13,6 +13,7 @@ llama.cpp's `llama-perplexity` does).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ class PplResult:
     context: int
     stride: int
     backend: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # scoring time (model loading excluded)
 
     @property
     def tokens_per_second(self) -> float:
@@ -179,8 +180,6 @@ def perplexity(
     apply). `context` defaults to the model's context length. Every option is checked before the
     model is loaded.
     """
-    import time
-
     from zhllama.core.loading.options import ModelOptions
 
     options = model if isinstance(model, ModelOptions) else ModelOptions(model=str(model))
@@ -193,18 +192,16 @@ def perplexity(
     backend = choose_backend(path, backend, tokenizer)
     if tokenizer is not None and not tokenizer.exists():
         raise UserError(f"{tokenizer}: --tokenizer not found")
-    start = time.perf_counter()
     if backend == "llamacpp":
         if batch_size != 1:
             raise UserError("--batch-size: the llama.cpp backend scores one window at a time")
-        total, count, context, stride = _gguf_nll(path, text, context, stride, options, progress)
+        total, count, context, stride, seconds = _gguf_nll(path, text, context, stride, options, progress)
     else:
-        total, count, context, stride = _transformers_nll(
+        total, count, context, stride, seconds = _transformers_nll(
             options, path, tokenizer, text, context, stride, batch_size, progress
         )
     if count == 0:
         raise UserError(f"{data}: text has fewer than 2 tokens; nothing to score")
-    seconds = time.perf_counter() - start
     return PplResult(str(path), str(data), math.exp(total / count), total, count, context, stride, backend, seconds)
 
 
@@ -275,7 +272,9 @@ def _transformers_nll(options, path: Path, tokenizer: Path | None, text: str, co
         tok = ZhTokenizer(tokenizer) if tokenizer is not None else (closer.tokenizer if closer else ZhTokenizer(path))
         ids = tok.encode(text, bos=True)
         with _progress("perplexity", _scored_tokens(len(ids), context, stride), progress) as advance:
-            return (*hf_nll(hf_model, ids, context, stride, batch_size, device, advance), context, stride)
+            start = time.perf_counter()
+            total, count = hf_nll(hf_model, ids, context, stride, batch_size, device, advance)
+            return total, count, context, stride, time.perf_counter() - start
     finally:
         if closer is not None:
             closer.close()
@@ -314,8 +313,9 @@ def _gguf_nll(model: Path, text: str, context: int | None, stride: int | None, o
     try:
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True)
         with _progress("perplexity", _scored_tokens(len(ids), context, stride), progress) as advance:
+            start = time.perf_counter()
             total, count = gguf_window_nll(llama_cpp, llm.ctx, llm.n_vocab(), ids, context, stride, advance)
-        return total, count, context, stride
+        return total, count, context, stride, time.perf_counter() - start
     finally:
         llm.close()
 

@@ -212,6 +212,9 @@ def run_mcq(
     run_key = {**asdict(settings), "model": model_id, "benchmark": benchmark.name}
     for key in ("batch_size", "limit", "subjects", "prefix_reuse"):  # these must not change predictions
         run_key.pop(key)
+    if settings.mode == "logits":  # generation settings play no part in one forward pass
+        run_key.pop("seed")
+        run_key.pop("max_new_tokens")
     letter_ids = mcq.letter_token_ids(tokenizer)
     items = []
     for subject, qs in questions.items():
