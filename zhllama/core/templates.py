@@ -166,7 +166,8 @@ def stop_token_ids(template: Template, tokenizer) -> tuple[int, ...]:
 
 def get_template(name: str) -> Template:
     if name in SPECIAL_NAMES:
-        raise UserError(f"--template {name}: needs the model's tokenizer (resolve_template)")
+        names = ", ".join(template_names())
+        raise UserError(f"--template {name}: this command needs a template name ({names})")
     cls = registry.load("templates", name)
     return cls() if isinstance(cls, type) else cls
 

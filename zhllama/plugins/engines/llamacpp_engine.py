@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 
 from zhllama.core.engine import GenerationParams, LoadedModel
@@ -84,6 +85,21 @@ class GGUFTokenizer:
                 pieces.setdefault(self.id_to_piece(idx), idx)
             self._pieces = pieces
         return self._pieces.get(piece)
+
+    @cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Text -> id of the control and user-defined tokens (what `encode(..., special=True)` parses)."""
+        import llama_cpp
+
+        kinds = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        model = self.llm._model
+        return {model.token_get_text(i): i for i in range(len(self)) if model.token_get_attr(i) & kinds}
+
+    @cached_property
+    def special_tokens_map(self) -> dict[str, str]:
+        """The special-token variables a chat template sees (`bos_token`, `eos_token`)."""
+        names = {"bos_token": self.bos_id, "eos_token": self.eos_id}
+        return {name: self.id_to_piece(idx) for name, idx in names.items() if idx is not None}
 
 
 class LlamaCppSession:
