@@ -88,9 +88,14 @@ def _quiet_libraries(debug: bool) -> None:
         for name in ("transformers", "datasets", "peft", "accelerate", "bitsandbytes", "torch"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if not debug or not console.progress_enabled():
-        from transformers.utils import logging as hf_logging
+        # transformers' own progress bars follow huggingface_hub's switch, read when they are
+        # imported (the CLI must not import them just to build); in-process callers may have
+        # imported them already, so switch them off directly there
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()
 
 
 def _command_names(group: click_core.Command) -> set[str]:
