@@ -1,4 +1,5 @@
-"""Decode speed of `zhllama chat`'s one-shot path vs raw `model.generate`, and speculative vs plain.
+"""Decode speed of `zhllama chat`'s one-shot path vs raw `model.generate`, speculative vs plain, and
+`zhllama predict`'s batched decoding vs one prompt at a time.
 
 Same tiny random model, same greedy settings (repetition penalty 1.1), same prompt; the best of a
 few runs each. Goals: chat >= 0.95x raw generate. Speculative decoding is reported with two
@@ -59,13 +60,14 @@ def _models(work: Path) -> tuple[Path, Path]:
 def main() -> dict:
     import torch
 
-    from zhllama.core.engine import GenerationParams, LoadOptions, open_model
+    from zhllama.core.engine import GenerationParams, open_model
     from zhllama.core.generation.runtime import load_runtime
+    from zhllama.core.loading.options import ModelOptions
     from zhllama.core.templates import Message
 
     with tempfile.TemporaryDirectory() as tmp:
         target_dir, draft_dir = _models(Path(tmp))
-        runtime = load_runtime(target_dir, LoadOptions(), template="none")
+        runtime = load_runtime(ModelOptions(model=str(target_dir)), template="none")
         ids = runtime.prompt_ids([Message("user", "The history of the city begins")])
         params = GenerationParams(max_new_tokens=NEW_TOKENS, greedy=True, repetition_penalty=1.1)
         model = runtime.model.model
@@ -99,11 +101,53 @@ def main() -> dict:
             results[f"speculative_{label}_vs_plain"] = (spec_n / spec_s) / results["chat_tokens_per_s"]
             results[f"speculative_{label}_acceptance"] = decoder.stats.acceptance_rate
             results[f"speculative_{label}_tokens_per_target_pass"] = decoder.stats.tokens_per_pass
+        results.update(_predict_batching(runtime))
         runtime.close()
     for key, value in results.items():
         print(f"{key:42s} {value:10.3f}")
     print(f"chat one-shot vs raw model.generate: {results['chat_vs_raw']:.2f}x (goal >= 0.95x)")
+    print(f"predict batched (x{PREDICT_BATCH}) vs one by one: {results['predict_batched_vs_sequential']:.2f}x")
     return results
+
+
+PREDICT_PROMPTS = 8
+PREDICT_BATCH = 8
+PREDICT_TOKENS = 32
+
+
+def _predict_batching(runtime) -> dict:
+    """`zhllama predict`'s batched decoding vs answering the same prompts one by one (sampled, seeded)."""
+    from dataclasses import replace
+
+    from zhllama.core.engine import GenerationParams
+    from zhllama.core.generation.batch import answer_batch
+    from zhllama.core.templates import Message
+
+    words = "The history of the city begins with a small village by the river".split()
+    prompts = [runtime.prompt_ids([Message("user", " ".join(words[: 3 + i % 10]))]) for i in range(PREDICT_PROMPTS)]
+    base = GenerationParams(max_new_tokens=PREDICT_TOKENS, temperature=0.8, repetition_penalty=1.1)
+    params = [replace(base, seed=i) for i in range(PREDICT_PROMPTS)]
+    order = sorted(range(PREDICT_PROMPTS), key=lambda i: len(prompts[i]))
+
+    def sequential() -> int:
+        return sum(len(answer_batch(runtime, [prompts[i]], [params[i]])[0].token_ids) for i in order)
+
+    def batched() -> int:
+        total = 0
+        for start in range(0, PREDICT_PROMPTS, PREDICT_BATCH):
+            rows = order[start : start + PREDICT_BATCH]
+            total += sum(
+                len(a.token_ids) for a in answer_batch(runtime, [prompts[i] for i in rows], [params[i] for i in rows])
+            )
+        return total
+
+    seq_s, seq_n = _best(sequential)
+    bat_s, bat_n = _best(batched)
+    return {
+        "predict_sequential_tokens_per_s": seq_n / seq_s,
+        "predict_batched_tokens_per_s": bat_n / bat_s,
+        "predict_batched_vs_sequential": (bat_n / bat_s) / (seq_n / seq_s),
+    }
 
 
 if __name__ == "__main__":
