@@ -15,11 +15,36 @@ from zhllama.cli.commands.chat import answer_options_command
 from zhllama.cli.model_options import ModelOptions, model_options_command
 from zhllama.cli.options import examples
 from zhllama.core import console
+from zhllama.core.errors import UserError
 from zhllama.core.generation.options import AnswerOptions
 from zhllama.core.registry import missing_modules
 
 API_KEY_ENV = "ZHLLAMA_API_KEY"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that another process listens on, before the model is loaded."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: already in use on {host}") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host}: not an address of this machine") from None
+            raise UserError(f"--port {port}: cannot bind on {host}: {exc.strerror}") from None
 
 
 @model_options_command
@@ -53,12 +78,13 @@ def serve(
     """Serve /v1/models, /v1/chat/completions, /v1/completions (streaming too) and /v1/embeddings for one model."""
     from dataclasses import replace
 
-    from zhllama.core.errors import MissingDependencyError, UserError
+    from zhllama.core.errors import MissingDependencyError
 
     missing = missing_modules(("fastapi", "uvicorn"))
     if missing:
         raise MissingDependencyError(f"serve needs {', '.join(missing)}; install it with: pip install 'zhllama[serve]'")
     answer = answer.validated()
+    check_port(host, port)
     if answer.guidance_scale is not None or answer.negative_prompt is not None:
         raise UserError(
             "--guidance-scale/--negative-prompt: serve takes them per request (guidance_scale, negative_prompt)"

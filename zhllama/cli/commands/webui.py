@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from zhllama.cli.commands.chat import answer_options_command
+from zhllama.cli.commands.serve import check_port
 from zhllama.cli.model_options import ModelOptions, model_options_command
 from zhllama.cli.options import examples
 from zhllama.core import console
@@ -47,6 +48,7 @@ def webui(
         raise MissingDependencyError("webui needs gradio; install it with: pip install 'zhllama[webui]'")
     answer = answer.validated()
     login = parse_auth(auth)
+    check_port(host, port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from zhllama.core.generation.runtime import load_for_answers
     from zhllama.webui.app import build_ui
