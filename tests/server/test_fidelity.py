@@ -246,3 +246,24 @@ def test_docs_and_openapi_behind_the_key(runtime, live_server):
         assert "/v1/embeddings" in spec["paths"] and "/v1/chat/completions" in spec["paths"]
     with live_server(create_app(runtime)) as base:
         assert httpx.get(f"{base}/openapi.json").status_code == 200
+
+
+def test_streamed_echo_and_usage_with_two_prompts(client):
+    full = client.completions.create(model=NAME, prompt=["北京是", "上海"], temperature=0, max_tokens=5, echo=True)
+    stream = client.completions.create(
+        model=NAME,
+        prompt=["北京是", "上海"],
+        temperature=0,
+        max_tokens=5,
+        echo=True,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts, usage = ["", ""], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+        usage = chunk.usage or usage
+    assert texts == [c.text for c in full.choices] and texts[1].startswith("上海")
+    assert usage.completion_tokens == full.usage.completion_tokens == 10
+    assert usage.prompt_tokens == full.usage.prompt_tokens
