@@ -93,12 +93,24 @@ def test_full_rm_loads_with_auto_class(tmp_path, tiny_base_model, separable_pair
     assert model.config.num_labels == 1 and model.config.pad_token_id == ZhTokenizer(cfg.output).pad_id
 
 
-@pytest.mark.xfail(strict=True, reason="zhllama merge does not merge a SEQ_CLS adapter's score head yet (ckpt)")
 def test_rm_adapter_merges(tmp_path, run_cli, tiny_base_model, separable_pairs, align_cfg):
+    """The merged reward model loads as a sequence classifier and scores as base + adapter (PEFT)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
     cfg = align_cfg(RmConfig, tiny_base_model, separable_pairs, max_steps=2)
     rm(cfg)
-    code, _, stderr = run_cli("merge", "--base", tiny_base_model, "--lora", cfg.output, "--output", tmp_path / "m")
+    merged = tmp_path / "m"
+    code, _, stderr = run_cli("merge", "--base", tiny_base_model, "--lora", cfg.output, "--output", merged, "--verify")
     assert code == 0, stderr
+    ours = AutoModelForSequenceClassification.from_pretrained(str(merged))
+    assert ours.config.architectures == ["LlamaForSequenceClassification"] and ours.config.num_labels == 1
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_base_model), num_labels=1)
+    base.config.pad_token_id = ours.config.pad_token_id
+    ref = PeftModel.from_pretrained(base, str(cfg.output)).merge_and_unload()
+    ids = torch.tensor([[1, 17, 42, 99, 7]])
+    with torch.no_grad():
+        assert (ours(ids).logits - ref(ids).logits).abs().max().item() < 1e-4
 
 
 def target_reward_model(out, base_model, tokenizer_dir, target: int):

@@ -49,6 +49,14 @@ class Adapter:
     files: list[Path] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)  # zhllama_overrides.json "config" (rope, context)
 
+    @property
+    def is_sequence_classifier(self) -> bool:
+        """A reward-model adapter (`zhllama rm`): it brings a new `score` head instead of `lm_head`."""
+        return self.config.get("task_type") == "SEQ_CLS"
+
+
+SCORE_HEAD = "score."  # the classification head of a *ForSequenceClassification model
+
 
 def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
@@ -129,6 +137,9 @@ def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dic
     for adapter in adapters:
         fan = bool(adapter.config.get("fan_in_fan_out"))
         for key, tensor in adapter.full.items():
+            if key not in new_shapes and adapter.is_sequence_classifier and key.startswith(SCORE_HEAD):
+                new_shapes[key] = tuple(tensor.shape)  # the classification head the base does not have
+                continue
             if key not in new_shapes:
                 raise UserError(f"{adapter.path}: module '{key.rsplit('.', 1)[0]}' is not in the base model")
             if tensor.shape[1:] != torch.Size(new_shapes[key][1:]):
@@ -143,6 +154,10 @@ def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dic
                     f"{adapter.path}: module '{key.rsplit('.', 1)[0]}' shape mismatch: LoRA gives {(out_f, in_f)}, "
                     f"base has {new_shapes[key]}"
                 )
+    if any(adapter.is_sequence_classifier for adapter in adapters):
+        if not any(key.startswith(SCORE_HEAD) for key in new_shapes):
+            raise UserError(f"{adapters[-1].path}: a SEQ_CLS adapter without its 'score' head (modules_to_save)")
+        new_shapes.pop("lm_head.weight", None)  # a sequence classifier has a score head, not a LM head
     embed = next((k for k in new_shapes if k.endswith("embed_tokens.weight")), None)
     if embed is not None and tokenizer_size is not None:
         rows = new_shapes[embed][0]
@@ -189,6 +204,18 @@ def merged_config(config: dict, adapters: list[Adapter]) -> dict:
     return config
 
 
+def classifier_config(config: dict, shapes: dict[str, tuple[int, ...]], pad_id: int) -> dict:
+    """The config of a sequence classifier (reward model) with the merged score head's labels."""
+    labels = next(shape[0] for key, shape in shapes.items() if key.startswith(SCORE_HEAD))
+    return {
+        **config,
+        "architectures": ["LlamaForSequenceClassification"],
+        "id2label": {str(i): f"LABEL_{i}" for i in range(labels)},
+        "label2id": {f"LABEL_{i}": i for i in range(labels)},
+        "pad_token_id": pad_id,  # the classifier scores the last non-pad token
+    }
+
+
 def merge(
     base: str | Path,
     loras: list[str | Path],
@@ -229,13 +256,19 @@ def merge(
     tok = ZhTokenizer(tok_source)
     shapes = plan(base, adapters, len(tok))
     config = merged_config(config, adapters)
+    if any(adapter.is_sequence_classifier for adapter in adapters):
+        config = classifier_config(config, shapes, tok.pad_id)
     embed_key = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
     vocab_size = shapes[embed_key][0] if embed_key else config.get("vocab_size")
     counts = {"tensors": 0, "lora": 0, "replaced": 0}
     target = DTYPES[dtype]
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        base_keys = set()
         for key, tensor in iter_model(base, progress):
+            base_keys.add(key)
+            if key not in shapes:  # lm_head of a base merged into a sequence classifier
+                continue
             for adapter in adapters:
                 if key in adapter.full:
                     tensor = adapter.full[key]
@@ -247,6 +280,11 @@ def merge(
                     counts["lora"] += 1
             counts["tensors"] += 1
             yield key, tensor.to(target).contiguous()
+        for key in [k for k in shapes if k not in base_keys]:  # new heads, in plan order
+            head = next(a.full[key] for a in reversed(adapters) if key in a.full)
+            counts["tensors"] += 1
+            counts["replaced"] += 1
+            yield key, head.to(target).contiguous()
 
     with atomic_dir(output, force=force) as tmp:
         config["vocab_size"] = vocab_size
@@ -301,19 +339,24 @@ def verify_against_peft(base: Path, adapters: list[Path], merged: Path, vocab_si
     The merged folder's config carries the adapters' rope overrides; the reference gets the same.
     """
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     merged_cfg = AutoConfig.from_pretrained(str(merged))
     ref_cfg = AutoConfig.from_pretrained(str(base))
     ref_cfg.rope_parameters = merged_cfg.rope_parameters
     ref_cfg.max_position_embeddings = merged_cfg.max_position_embeddings
-    ref = AutoModelForCausalLM.from_pretrained(str(base), config=ref_cfg, dtype=torch.float32)
+    auto = AutoModelForCausalLM
+    if "LlamaForSequenceClassification" in (merged_cfg.architectures or []):
+        auto = AutoModelForSequenceClassification  # a reward model: compare scores, not LM logits
+        ref_cfg.id2label, ref_cfg.label2id = merged_cfg.id2label, merged_cfg.label2id
+        ref_cfg.pad_token_id = merged_cfg.pad_token_id
+    ref = auto.from_pretrained(str(base), config=ref_cfg, dtype=torch.float32)
     for path in adapters:
         rows = _adapter_rows(path)
         if rows is not None and rows != ref.get_input_embeddings().weight.shape[0]:
             ref.resize_token_embeddings(rows, mean_resizing=False)
         ref = PeftModel.from_pretrained(ref, str(path)).merge_and_unload()
-    ours = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    ours = auto.from_pretrained(str(merged), dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     probe = torch.randint(0, min(vocab_size, tok_size), (2, 16), generator=gen)
     with torch.no_grad():
