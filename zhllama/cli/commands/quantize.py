@@ -40,7 +40,8 @@ def run_quantize(
 
     plugin = registry.load("quantizers", method)()
     model = resolve_model(model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
-    check_output(output, [model, eval_ppl])  # never the input, inside it, or containing it (even --force)
+    inputs = [model, eval_ppl, *(v for v in getattr(options, "__dict__", {}).values() if isinstance(v, Path))]
+    check_output(output, inputs)  # never an input (model, --eval-ppl, --calibration ...), inside or containing one
     plugin.validate(model, options)
     if eval_ppl is not None:
         check_ppl_data(eval_ppl, ppl_context)  # before the first byte is written
