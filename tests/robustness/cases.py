@@ -797,6 +797,25 @@ CASES: list[Case] = [
         r"--learning-rate",
     ),
     Case(
+        "ppo-output-is-reward-model",
+        "output-is-input",
+        lambda w: [
+            "ppo",
+            "-m",
+            w.model,
+            "-d",
+            w.prefs,
+            "--reward-model",
+            w.make("rm", _copy_model),
+            "-o",
+            w.inputs / "rm",
+            "--force",
+            "--max-steps",
+            1,
+        ],
+        r"output is the input .*rm",
+    ),
+    Case(
         "ppo-missing-reward-model",
         "missing-input",
         lambda w: [
