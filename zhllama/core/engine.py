@@ -83,8 +83,13 @@ class LoadedModel(ABC):
         return self.next_token_logits([list(prefix) + list(s) for s in suffixes])
 
     @abstractmethod
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
-        """Yield new token ids one by one (streaming); stops at EOS, stop ids/strings or the limit."""
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, stopper=None) -> Iterator[int]:
+        """Yield new token ids one by one (streaming); stops at EOS, stop ids/strings or the limit.
+
+        `stopper` (`core.generation.stopping.Stopper`, default: a new one) is the caller's stop rule:
+        every generated id goes through it once, so the caller reads the final text and finish reason
+        from it (`Reply` does).
+        """
 
     def session(self) -> Session:
         """A fresh KV-cache session (chat history reuse, speculative decoding)."""

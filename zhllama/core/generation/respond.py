@@ -8,7 +8,6 @@ Iterating it yields text chunks as soon as they are final; leaving the loop earl
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -62,19 +61,7 @@ class Reply:
             sampler = Sampler(self.params, pre=(self.guidance.processor(self.model),) if self.guidance else ())
             session = self.model.session()
             return decode(session, self.model.tokenizer, self.prompt_ids, self.params, (), self.stopper, sampler)
-        if "stopper" in inspect.signature(self.model.generate).parameters:
-            return self.model.generate(self.prompt_ids, self.params, stopper=self.stopper)
-        return self._engine_tokens()
-
-    def _engine_tokens(self) -> Iterator[int]:
-        """An engine whose `generate` takes no `stopper` (vLLM): its ids go through the same stop rule."""
-        for token in self.model.generate(self.prompt_ids, self.params):
-            if self.stopper.is_end(token):
-                return
-            self.stopper.push(token)
-            yield token
-            if self.stopper.done:
-                return
+        return self.model.generate(self.prompt_ids, self.params, stopper=self.stopper)
 
     def __iter__(self) -> Iterator[str]:
         source = self._tokens()

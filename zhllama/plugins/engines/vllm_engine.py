@@ -15,7 +15,7 @@ from pathlib import Path
 from zhllama.core.engine import GenerationParams, LoadedModel
 from zhllama.core.errors import UserError
 from zhllama.core.generation.sampling import is_greedy
-from zhllama.core.generation.stopping import stop_ids, stop_strings
+from zhllama.core.generation.stopping import Stopper, stop_ids, stop_strings
 from zhllama.core.loading.options import ModelOptions
 from zhllama.core.plugin_api import EnginePlugin
 
@@ -92,7 +92,7 @@ class VLLMModel(LoadedModel):
                 rows[row, token] = logprob.logprob
         return rows
 
-    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[int]:
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams, stopper=None) -> Iterator[int]:
         from vllm import SamplingParams
 
         greedy = is_greedy(params)
@@ -107,5 +107,11 @@ class VLLMModel(LoadedModel):
             stop_token_ids=sorted(stop_ids(self.tokenizer, params)),
         )
         outputs = self._run([prompt_ids], sampling)
-        ends = stop_ids(self.tokenizer, params)
-        yield from (t for t in outputs[0].outputs[0].token_ids if t not in ends)
+        stopper = stopper or Stopper(self.tokenizer, params)
+        for token in outputs[0].outputs[0].token_ids:  # the same stop rule as every other engine
+            if stopper.is_end(token):
+                return
+            stopper.push(token)
+            yield token
+            if stopper.done:
+                return
