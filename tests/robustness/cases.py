@@ -900,6 +900,12 @@ CASES: list[Case] = [
         r"must not be, contain or sit inside the input .*ceval",
     ),
     Case(
+        "eval-ceval-output-is-lora",
+        "output-is-input",
+        lambda w: ["eval", "ceval", "-m", w.model, "--lora", w.lora, "--data-dir", w.ceval, "-o", w.lora],
+        r"lora",
+    ),
+    Case(
         "eval-ceval-adapter-other-base",
         "mismatch",
         lambda w: [
@@ -959,6 +965,26 @@ CASES: list[Case] = [
         "output-is-input",
         lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.model / "p.jsonl"],
         r"model/p\.jsonl: --output may not be the model or sit inside its folder",
+    ),
+    Case(
+        "predict-output-inside-lora",
+        "output-is-input",
+        lambda w: ["predict", "-m", w.model, "--lora", w.lora, "-i", w.text, "-o", w.lora / "p.jsonl"],
+        r"lora",
+    ),
+    Case(
+        "predict-output-is-input-file",
+        "output-is-input",
+        lambda w: [
+            "predict",
+            "-m",
+            w.model,
+            "-i",
+            w.make("prompts", lambda w, p: p.write_text('{"prompt": "你好"}\n'), ".jsonl"),
+            "-o",
+            w.inputs / "prompts.jsonl",
+        ],
+        r"prompts\.jsonl",
     ),
     Case(
         "predict-non-utf8",

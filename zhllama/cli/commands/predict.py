@@ -144,6 +144,7 @@ def predict(
     from zhllama.core.atomic import check_parent
     from zhllama.core.generation.batch import answer_batch
     from zhllama.core.generation.runtime import load_for_answers
+    from zhllama.core.paths import check_output
     from zhllama.core.templates import Message
 
     answer = answer.validated()
@@ -159,6 +160,7 @@ def predict(
     if model_path.exists() and (target == model_path.resolve() or model_path.resolve() in target.parents):
         raise UserError(f"{output}: --output may not be the model or sit inside its folder")
     check_parent(output)
+    check_output(output, model_options.lora)  # nor inside an adapter folder (reliab, surgical)
     items = read_prompts(input)
     done = {} if restart else read_done(output, items)
     todo = [item for item in items if item["index"] not in done]
