@@ -154,6 +154,12 @@ def predictions_symlink(w, path: Path) -> None:
     (path / "predictions.jsonl").symlink_to(w.text)
 
 
+def run_folder_with_ds_config(w, path: Path) -> None:
+    """An earlier run's folder holding the DeepSpeed config the new run is pointed at."""
+    path.mkdir()
+    (path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+
+
 def busy_port(w) -> int:
     """A loopback port some other socket is listening on (held open for the case's lifetime)."""
     sock = socket.socket()
@@ -646,6 +652,25 @@ CASES: list[Case] = [
         "output-is-input",
         lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.model, "--force", "--max-steps", 1],
         r"output is the input",
+    ),
+    Case(
+        "pretrain-output-contains-deepspeed-config",
+        "output-is-input",
+        lambda w: [
+            "pretrain",
+            "-m",
+            w.model,
+            "-d",
+            w.text,
+            "-o",
+            w.make("run", run_folder_with_ds_config),
+            "--force",
+            "--deepspeed",
+            w.inputs / "run" / "ds.json",
+            "--max-steps",
+            1,
+        ],
+        r"output contains the input .*run/ds\.json",
     ),
     Case(
         "pretrain-block-size-0",

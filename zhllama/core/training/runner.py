@@ -397,7 +397,7 @@ def check_run(cfg: TrainConfig) -> None:
     cfg.validate()
     if not (Path(cfg.model) / "config.json").is_file():
         raise UserError(f"{cfg.model}: not a model folder (no config.json)")
-    check_output(cfg.output, [cfg.model, cfg.tokenizer, cfg.adapter, cfg.cache_dir, *cfg.data])
+    check_output(cfg.output, [cfg.model, cfg.tokenizer, cfg.adapter, cfg.cache_dir, cfg.deepspeed, *cfg.data])
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output path is an existing file")
