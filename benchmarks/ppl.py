@@ -49,10 +49,10 @@ def baseline_nll(llm, ids: list[int], context: int, float64_all_rows: bool = Fal
 
 
 def main() -> dict:
-    from llama_cpp import Llama
 
     from zhllama.core import console
-    from zhllama.core.perplexity import perplexity, safe_model_params
+    from zhllama.core.loading.llamacpp import new_llama
+    from zhllama.core.perplexity import perplexity
 
     console.SETTINGS.quiet = True
     corpus = SHARED / "corpus" / "zh_wiki_cmrc2018_contexts.txt"
@@ -67,8 +67,8 @@ def main() -> dict:
 
             gguf = Path(tmp) / "tiny.gguf"
             write_gguf(tiny_folder(Path(tmp)), gguf, "Q8_0")
-        with safe_model_params():  # the same load settings as zhllama (see its docstring)
-            llm = Llama(model_path=str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, logits_all=True, verbose=False)
+        # the same AMX-safe construction as zhllama (see zhllama/core/loading/llamacpp.py)
+        llm = new_llama(str(gguf), n_ctx=CONTEXT, n_batch=CONTEXT, logits_all=True, verbose=False)
         try:
             ids = llm.tokenize(text_file.read_text(encoding="utf-8").strip().encode("utf-8"), add_bos=True)
             seconds: dict[str, list[float]] = {"zhllama": [], "llama_perplexity_style": []}

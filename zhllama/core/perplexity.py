@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -284,11 +283,11 @@ def _gguf_nll(model: Path, text: str, context: int | None, stride: int | None, o
     """The same windows through llama.cpp; logits only for the scored rows, log-softmax in float32."""
     try:
         import llama_cpp
-        from llama_cpp import Llama
     except ImportError as exc:
         raise MissingDependencyError(
             "perplexity of a .gguf file needs llama-cpp-python; install it with: pip install 'zhllama[llamacpp]'"
         ) from exc
+    from zhllama.core.loading.llamacpp import new_llama
     from zhllama.core.loading.options import parse_gpu_layers
 
     if options.lora or options.load or options.rope_scaling:
@@ -298,16 +297,15 @@ def _gguf_nll(model: Path, text: str, context: int | None, stride: int | None, o
     trained = _gguf_context(model)
     context, stride = resolve_window(context, stride, trained)
     try:
-        with safe_model_params():
-            llm = Llama(
-                model_path=str(model),
-                n_ctx=context,
-                n_batch=context,
-                n_ubatch=min(context, 512),
-                n_gpu_layers=-1 if layers is None else layers,
-                verbose=False,
-                **kwargs,
-            )
+        llm = new_llama(
+            str(model),
+            n_ctx=context,
+            n_batch=context,
+            n_ubatch=min(context, 512),
+            n_gpu_layers=-1 if layers is None else layers,
+            verbose=False,
+            **kwargs,
+        )
     except ValueError as exc:
         raise UserError(f"{model}: llama.cpp cannot load this file: {exc}") from exc
     try:
@@ -318,43 +316,6 @@ def _gguf_nll(model: Path, text: str, context: int | None, stride: int | None, o
         return total, count, context, stride, time.perf_counter() - start
     finally:
         llm.close()
-
-
-def cpu_has_amx() -> bool:
-    try:
-        return " amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-
-
-@contextmanager
-def safe_model_params():
-    """Load with llama.cpp's extra (repacked) CPU buffer types off on AMX CPUs.
-
-    Measured here (llama-cpp-python 0.3.36, a CPU with AMX-INT8): a real Q4_1 model
-    (SmolLM2-135M) segfaults in its first decode with the repacked buffers and runs without them.
-    `ZHLLAMA_LLAMACPP_REPACK=1` keeps them (`=0` turns them off on any CPU).
-    """
-    import os
-
-    from llama_cpp import llama_cpp  # the module whose defaults `Llama()` reads
-
-    setting = os.environ.get("ZHLLAMA_LLAMACPP_REPACK")
-    if setting == "1" or (setting != "0" and not cpu_has_amx()):
-        yield
-        return
-    original = llama_cpp.llama_model_default_params
-
-    def without_extra_buffers():
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_model_default_params = without_extra_buffers
-    try:
-        yield
-    finally:
-        llama_cpp.llama_model_default_params = original
 
 
 def _gguf_context(model: Path) -> int | None:

@@ -5,13 +5,15 @@ AMX_INT8): evaluating more than one token at a time on a Q4_1 model (SmolLM2-135
 crashes the process with a segmentation fault inside `llama_decode`; with the model's "extra
 buffer types" (weight repacking into AMX/CPU-optimised layouts) turned off the same calls run.
 llama-cpp-python does not expose that switch, so `new_llama` sets it in the model parameters while
-the model is built, only on CPUs where llama.cpp reports AMX.
+the model is built, only on CPUs where llama.cpp reports AMX. `ZHLLAMA_LLAMACPP_REPACK=1` keeps the
+extra buffers anyway (for a fixed llama.cpp), `=0` turns them off on any CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +49,8 @@ def new_llama(model_path: str, **kwargs: Any):
     """`llama_cpp.Llama(model_path, **kwargs)`, safe on AMX CPUs (see the module docstring)."""
     from llama_cpp import Llama
 
-    if not cpu_has_amx():
+    setting = os.environ.get("ZHLLAMA_LLAMACPP_REPACK")
+    if setting == "1" or (setting != "0" and not cpu_has_amx()):
         return Llama(model_path=model_path, **kwargs)
     with _model_params(use_extra_bufts=False):
         return Llama(model_path=model_path, **kwargs)
