@@ -983,7 +983,6 @@ CASES: list[Case] = [
         "option-range",
         lambda w: ["serve", "-m", w.model, "--port", busy_port(w)],
         r"--port .*(in use|already)",
-        pending="infer",
     ),
     Case(
         "predict-output-is-input",
