@@ -186,19 +186,12 @@ def load_model(cfg: TrainConfig):
     if cfg.bf16:
         kwargs["dtype"] = torch.bfloat16
     if cfg.qlora is not None:
-        from transformers import BitsAndBytesConfig
+        from zhllama.core.loading.quantization import quantization_for
 
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32,
-            )
-            if cfg.qlora == 4
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kwargs["device_map"] = {"": "cpu"} if not torch.cuda.is_available() else None
+        on_gpu = torch.cuda.is_available()
+        settings = {"double_quant": True} if cfg.qlora == 4 else {}
+        kwargs["quantization_config"] = quantization_for(f"{cfg.qlora}bit", config, on_gpu, "float32", **settings)
+        kwargs["device_map"] = None if on_gpu else {"": "cpu"}
     try:
         return AutoModelForCausalLM.from_pretrained(str(cfg.model), **kwargs), overrides
     except (OSError, ValueError) as exc:
@@ -391,13 +384,15 @@ def _quiet_deepspeed(cfg: TrainConfig, torch) -> None:
 
 
 def check_run(cfg: TrainConfig) -> None:
-    """Every check of `_check_output` that writes nothing."""
+    """Every check of `_check_output` that writes nothing (a Meta/TencentPretrain `--model` is converted
+    into the zhllama cache once, never into the output)."""
+    from zhllama.core.checkpoint.sources import resolve_model
     from zhllama.core.paths import check_output
 
     cfg.validate()
-    if not (Path(cfg.model) / "config.json").is_file():
-        raise UserError(f"{cfg.model}: not a model folder (no config.json)")
     check_output(cfg.output, [cfg.model, cfg.tokenizer, cfg.adapter, cfg.cache_dir, cfg.deepspeed, *cfg.data])
+    cfg.model = resolve_model(cfg.model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
+    check_output(cfg.output, [cfg.model])
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output path is an existing file")
