@@ -761,14 +761,12 @@ CASES: list[Case] = [
             w.out,
         ],
         r"other.*(shape|size|hidden)",
-        pending="train",
     ),
     Case(
         "pretrain-report-to-missing-logger",
         "option-range",
         lambda w: ["pretrain", "-m", w.model, "-d", w.text, "-o", w.out, "--report-to", "wandb", "--max-steps", 1],
         r"wandb",
-        pending="train",
     ),
     # alignment (align engineer)
     Case(

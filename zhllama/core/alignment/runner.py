@@ -76,15 +76,7 @@ def trl_config(config_cls, cfg: TrainConfig, has_eval: bool, **overrides):
     """A TRL config (a TrainingArguments subclass) with exactly sft's TrainingArguments values."""
     from transformers import TrainingArguments
 
-    if cfg.deepspeed is not None and "RANK" not in os.environ:
-        # not started by a launcher (deepspeed / torchrun): one process, else DeepSpeed looks for MPI (mpi4py)
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    with stdout_to_stderr():
+    with stdout_to_stderr():  # training_arguments also sets up a launcher-less --deepspeed run
         base = training_arguments(cfg, has_eval)
         values = {f.name: getattr(base, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
         values.update(overrides)

@@ -152,6 +152,7 @@ class TrainConfig:
             raise UserError("--full and --qlora cannot be combined (a quantized base cannot be fully trained)")
         if self.bf16 and self.fp16:
             raise UserError("--bf16 and --fp16 cannot be combined")
+        self.check_loggers()
         if (self.rope_scaling is None) != (self.rope_factor is None):
             raise UserError("--rope-scaling and --rope-factor go together (e.g. --rope-scaling linear --rope-factor 4)")
         if self.streaming and self.max_steps < 1:
@@ -159,6 +160,16 @@ class TrainConfig:
         if self.streaming and self.validation_split > 0:
             raise UserError("--streaming cannot hold out a --validation-split (use a separate eval run)")
         self.trainer_overrides()
+
+    def check_loggers(self) -> None:
+        """Every `--report-to` logger is importable (transformers would fail only after loading)."""
+        from zhllama.core.registry import missing_modules
+
+        for name in (n.strip() for n in self.report_to.split(",")):
+            if name in ("", "none", "all"):
+                continue
+            if missing_modules((name,)):  # the integrations transformers knows are named after their package
+                raise UserError(f"--report-to {name}: the {name} package is not installed (pip install {name})")
 
     def trainer_overrides(self) -> dict:
         """`--trainer-arg KEY=VALUE` values, typed and checked against TrainingArguments' fields."""

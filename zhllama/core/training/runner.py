@@ -32,6 +32,17 @@ PROGRESS_FILE = "zhllama_progress.json"  # in each checkpoint: tokens and second
 OVERRIDES_FILE = "zhllama_overrides.json"  # in a LoRA output: config changes `zhllama merge` applies
 
 
+def single_process_rendezvous() -> None:
+    """`--deepspeed` without a launcher (torchrun / deepspeed): declare one process on a free local
+    port; otherwise DeepSpeed looks for MPI to find its peers (and fails without mpi4py)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def training_arguments(cfg: TrainConfig, has_eval: bool, streaming: bool = False):
     """Map the config onto `transformers.TrainingArguments` (transformers 5 field names)."""
     import torch
@@ -42,6 +53,8 @@ def training_arguments(cfg: TrainConfig, has_eval: bool, streaming: bool = False
         deepspeed = str(config_path(DEEPSPEED_PRESETS[deepspeed]))
     elif deepspeed is not None and not Path(deepspeed).is_file():
         raise UserError(f"--deepspeed: {deepspeed}: no such file (or use zero2 / zero3)")
+    if deepspeed is not None and "RANK" not in os.environ:
+        single_process_rendezvous()
     cpu = not torch.cuda.is_available()
     values = dict(
         output_dir=str(cfg.output / "checkpoints"),
@@ -211,7 +224,13 @@ def wrap_model(model, cfg: TrainConfig):
     if cfg.adapter is not None:
         if not (cfg.adapter / "adapter_config.json").is_file():
             raise UserError(f"{cfg.adapter}: not a PEFT adapter folder (no adapter_config.json)")
-        return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True)
+        try:
+            return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True)
+        except RuntimeError as exc:  # an adapter trained for another base: the user's mistake
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+            if detail is None:
+                raise
+            raise UserError(f"{cfg.adapter}: adapter does not fit {cfg.model}: {detail}") from exc
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
