@@ -32,6 +32,9 @@ def test_demo_pipeline_artifacts_load(run_cli, tmp_path):
     assert merged.config.vocab_size == summary["vocab_size"]
     merge_manifest = json.loads((work / "merged_model" / "zhllama-merge.json").read_text())
     assert merge_manifest["verify_max_abs_diff"] < 1e-4
+    aligned = PeftModel.from_pretrained(merged, str(work / "dpo_lora"))  # the DPO stage's adapter on the SFT model
+    assert json.loads((work / "dpo_lora" / "train_summary.json").read_text())["kind"] == "dpo"
+    assert aligned.peft_config["default"].peft_type == "LORA"
     from gguf import GGUFReader
 
     reader = GGUFReader(str(work / "model-q8_0.gguf"))
