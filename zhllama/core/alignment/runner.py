@@ -13,16 +13,13 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.errors import UserError
-from zhllama.core.training.runner import FINAL_FILES_LAST, TrainConfig, plot_loss, training_arguments
+from zhllama.core.training.runner import TrainConfig, final_files, plot_loss, training_arguments
 
 # Curves drawn from the trainer's log history: file name -> (y label, [(log key, legend), ...]).
 Curves = dict[str, tuple[str, list[tuple[str, str]]]]
@@ -288,10 +285,7 @@ def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Cur
     `state`: the gathered state dict under ZeRO-3 (the live parameters are partitions)."""
     from peft import PeftModel
 
-    out = cfg.output
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
+    with final_files(cfg.output, summary) as tmp:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if isinstance(model, PeftModel):  # only the trained adapter, not TRL's frozen "ref" copy
             model.save_pretrained(str(tmp), state_dict=state, selected_adapters=["default"])
@@ -301,13 +295,4 @@ def write_final(cfg: TrainConfig, trainer, tokenizer, summary: dict, curves: Cur
         plot_loss(history(trainer, "loss"), history(trainer, "eval_loss"), tmp / "loss.png")
         for name, (ylabel, series) in curves.items():
             plot_curves(trainer, tmp / name, ylabel, series)
-        (tmp / FINAL_FILES_LAST).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-        names = sorted(p.name for p in tmp.iterdir() if p.name != FINAL_FILES_LAST) + [FINAL_FILES_LAST]
-        for name in names:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    console.log(f"wrote {out}")
+    console.log(f"wrote {cfg.output}")

@@ -10,12 +10,13 @@ Output layout of `--output OUT`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -450,16 +451,14 @@ def history(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tupl
     return losses, evals
 
 
-def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict, state_dict=None) -> None:
-    out = cfg.output
+@contextlib.contextmanager
+def final_files(out: Path, summary: dict) -> Iterator[Path]:
+    """A temporary folder inside OUT for the final artifacts; when the block succeeds they move into
+    OUT with `train_summary.json` (written from `summary`) last, so its presence means the run finished."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
-        if overrides and not cfg.full:
-            (tmp / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
-        tokenizer.save(tmp)
-        plot_loss(*curves, tmp / "loss.png")
+        yield tmp
         (tmp / FINAL_FILES_LAST).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
         names = sorted(p.name for p in tmp.iterdir() if p.name != FINAL_FILES_LAST) + [FINAL_FILES_LAST]
         for name in names:
@@ -469,3 +468,12 @@ def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, over
             os.replace(tmp / name, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict, state_dict=None) -> None:
+    with final_files(cfg.output, summary) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+        if overrides and not cfg.full:
+            (tmp / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
+        tokenizer.save(tmp)
+        plot_loss(*curves, tmp / "loss.png")
