@@ -104,7 +104,9 @@ def test_rope_scaled_model_matches_transformers_beyond_the_original_context(tmp_
     assert np.abs(ours[64:] - ref[64:]).max() < 1e-2  # positions beyond the original context
     assert np.abs(ours - ref).max() < 1e-2
     # without the scaling keys llama.cpp would run another model: the check can fail
-    unscaled = AutoModelForCausalLM.from_pretrained(str(model), rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    unscaled = AutoModelForCausalLM.from_pretrained(
+        str(model), rope_parameters={"rope_type": "default", "rope_theta": 1e4}
+    )
     with torch.no_grad():
         plain = unscaled(ids).logits[0].numpy()
     assert np.abs(plain[64:] - ref[64:]).max() > 1e-1
