@@ -81,6 +81,11 @@ def test_type_stream_stop_clear(ui, tmp_path):
         limit = page.locator("input[aria-label='number input for Max new tokens']")
         limit.fill("3000")
         limit.press("Enter")
+        limit.blur()  # gradio commits a slider's typed value on change/blur; wait until the slider has it
+        page.wait_for_function(
+            "() => document.querySelector(\"input[aria-label='range slider for Max new tokens']\")?.value == '3000'",
+            timeout=10_000,
+        )
         box.fill("北京")
         box.press("Enter")
         page.wait_for_function(
