@@ -153,3 +153,26 @@ def test_gpu_4bit_load(tiny_zh_model):
     quant = open_model(ModelOptions(model=str(tiny_zh_model), load="4bit"))
     assert type(quant.model.model.layers[0].mlp.gate_proj).__name__ == "Linear4bit"
     assert quant.next_token_logits([[1, 5, 9]]).isfinite().all()
+
+
+@pytest.mark.gpu
+def test_generation_paths_run_on_the_gpu(tiny_zh_model):
+    """Sampling (penalty, seeded draw), CFG, batched predict, embeddings and prefix reuse with the model on CUDA."""
+    from zhllama.core.engine import GenerationParams, open_model
+    from zhllama.core.generation.batch import _batched
+    from zhllama.core.generation.embeddings import embed
+    from zhllama.core.generation.guidance import Guidance
+    from zhllama.core.generation.loop import decode
+    from zhllama.core.generation.sampling import Sampler
+
+    model = open_model(ModelOptions(model=str(tiny_zh_model)))
+    ids = [1, 5, 9, 30, 41]
+    params = GenerationParams(max_new_tokens=8, temperature=0.8, repetition_penalty=1.3, seed=1)
+    assert list(model.generate(ids, params)) == list(model.generate(ids, params))
+    cfg = Sampler(params, pre=(Guidance(1.5, (1, 7, 8)).processor(model),))
+    assert len(list(decode(model.session(), model.tokenizer, ids, params, sampler=cfg))) > 0
+    assert len(_batched(model, [ids, ids[:2]], [params, params])) == 2
+    assert len(embed(model, [ids, ids[:2]])) == 2
+    together = model.next_token_logits_with_prefix(ids[:3], [ids[3:], ids[4:]])
+    alone = model.next_token_logits([ids, ids[:3] + ids[4:]])
+    assert (together - alone).abs().max().item() < 0.1

@@ -111,7 +111,7 @@ def cla2_process(logits: torch.Tensor, prompt_ids: list[int], penalty: float = 1
     import torch
 
     out = logits.clone()
-    seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
+    seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=out.device)
     values = out[seen]
     out[seen] = torch.where(values > 0, values / penalty, values * penalty)
     return out / temperature

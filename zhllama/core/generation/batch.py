@@ -64,6 +64,8 @@ def _batched(model, prompts: Sequence[Sequence[int]], params: Sequence[Generatio
     for r, prompt in enumerate(prompts):
         ids[r, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
         mask[r, width - len(prompt) :] = 1
+    device = hf.get_input_embeddings().weight.device
+    ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     samplers = [Sampler(p) for p in params]
     stoppers = [Stopper(tokenizer, p, getattr(model, "extra_stops", ())) for p in params]
@@ -102,9 +104,9 @@ def _batched(model, prompts: Sequence[Sequence[int]], params: Sequence[Generatio
             chosen.append(token)
         if not any(alive):
             break
-        step_input = torch.tensor(chosen, dtype=torch.long).unsqueeze(1)
+        step_input = torch.tensor(chosen, dtype=torch.long, device=device).unsqueeze(1)
         step_positions = step_positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long, device=device)], dim=1)
     answers = []
     for r in range(rows):
         stoppers[r].stream.finish()

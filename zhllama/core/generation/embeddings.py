@@ -24,6 +24,7 @@ def embed(model, batch: Sequence[Sequence[int]], batch_size: int = 8) -> list[li
     import torch
 
     hf = model.model
+    device = hf.get_input_embeddings().weight.device
     vectors: list[list[float]] = [[] for _ in batch]
     order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
     pad = model.tokenizer.pad_id
@@ -35,6 +36,7 @@ def embed(model, batch: Sequence[Sequence[int]], batch_size: int = 8) -> list[li
         for r, i in enumerate(rows):
             ids[r, : len(batch[i])] = torch.tensor(list(batch[i]), dtype=torch.long)
             mask[r, : len(batch[i])] = 1
+        ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode():
             out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         hidden = out.hidden_states[-1].float()
@@ -42,5 +44,5 @@ def embed(model, batch: Sequence[Sequence[int]], batch_size: int = 8) -> list[li
         mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
         unit = torch.nn.functional.normalize(mean, p=2, dim=1)
         for r, i in enumerate(rows):
-            vectors[i] = unit[r].tolist()
+            vectors[i] = unit[r].cpu().tolist()
     return vectors

@@ -37,7 +37,8 @@ class Guidance:
         import torch
         from transformers import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
-        ids = torch.tensor([list(self.negative_ids)], dtype=torch.long) if self.negative_ids else None
+        device = hf.get_input_embeddings().weight.device
+        ids = torch.tensor([list(self.negative_ids)], dtype=torch.long, device=device) if self.negative_ids else None
         inner = UnbatchedClassifierFreeGuidanceLogitsProcessor(self.scale, hf, unconditional_ids=ids, use_cache=True)
 
         def guided(input_ids, scores):

@@ -49,13 +49,15 @@ class Sampler:
 
         scores = logits.float().reshape(1, -1)
         if self.processors:
-            input_ids = torch.tensor([list(ids)], dtype=torch.long)
+            input_ids = torch.tensor([list(ids)], dtype=torch.long, device=scores.device)
             for processor in self.processors:
                 scores = processor(input_ids, scores)
         return scores[0]
 
     def choose(self, scores) -> int:
         import torch
+
+        scores = scores.cpu()  # draws use the CPU generator: the same seeded choice on every device
 
         if self.greedy:
             return int(torch.argmax(scores))
