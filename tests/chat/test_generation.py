@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zhllama.core.engine import GenerationParams, LoadOptions, open_model
+from zhllama.core.engine import GenerationParams, open_model
 from zhllama.core.errors import UserError
 from zhllama.core.generation import rope
 from zhllama.core.generation.history import ChatHistory
 from zhllama.core.generation.speculative import SpeculativeDecoder
 from zhllama.core.generation.stopping import TextStream
+from zhllama.core.loading import ModelOptions
 from zhllama.core.templates import get_template
 
 DIM, BASE = 16, 10000.0  # the tiny models: hidden 64 / 4 heads
@@ -33,19 +34,19 @@ def _rotary(model):
 
 
 def test_ntk_fixed_alpha_sets_the_base(tiny_zh_model):
-    model = open_model(tiny_zh_model, options=LoadOptions(rope_scaling="ntk", rope_factor="4"))
+    model = open_model(ModelOptions(model=str(tiny_zh_model), rope_scaling="ntk", rope_factor="4"))
     expected = torch.tensor(_by_hand(BASE * 4.0 ** (DIM / (DIM - 2))))
     assert torch.allclose(_rotary(model).inv_freq, expected, rtol=1e-6, atol=0)
     assert model.context_length == 4 * 2048
 
 
 def test_linear_and_yarn_follow_the_config(tiny_zh_model):
-    linear = open_model(tiny_zh_model, options=LoadOptions(rope_scaling="linear", rope_factor="2"))
+    linear = open_model(ModelOptions(model=str(tiny_zh_model), rope_scaling="linear", rope_factor="2"))
     assert torch.allclose(_rotary(linear).inv_freq, torch.tensor(_by_hand(BASE)) / 2, rtol=1e-6, atol=0)
-    dynamic = open_model(tiny_zh_model, options=LoadOptions(rope_scaling="dynamic", rope_factor="2"))
+    dynamic = open_model(ModelOptions(model=str(tiny_zh_model), rope_scaling="dynamic", rope_factor="2"))
     assert dynamic.model.config.rope_parameters["rope_type"] == "dynamic" and dynamic.context_length == 4096
     assert torch.allclose(_rotary(dynamic).inv_freq, torch.tensor(_by_hand(BASE)), rtol=1e-6, atol=0)  # until L > P
-    yarn = open_model(tiny_zh_model, options=LoadOptions(rope_scaling="yarn", rope_factor="4"))
+    yarn = open_model(ModelOptions(model=str(tiny_zh_model), rope_scaling="yarn", rope_factor="4"))
     inv = _rotary(yarn).inv_freq
     plain = torch.tensor(_by_hand(BASE))
     assert inv[0] == pytest.approx(plain[0].item(), rel=1e-6)  # high frequencies are kept
@@ -53,7 +54,7 @@ def test_linear_and_yarn_follow_the_config(tiny_zh_model):
 
 
 def test_ntk_auto_changes_only_beyond_trained_context(tiny_zh_model, zh_model):
-    model = open_model(tiny_zh_model, options=LoadOptions(rope_scaling="ntk", rope_factor="auto"))
+    model = open_model(ModelOptions(model=str(tiny_zh_model), rope_scaling="ntk", rope_factor="auto"))
     ids = zh_model.tokenizer.encode("北京是中国的首都", bos=True)
     # short inputs: identical to the unscaled model
     assert torch.equal(model.next_token_logits([ids]), zh_model.next_token_logits([ids]))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zhllama.core.engine import GenerationParams, LoadOptions, choose_engine, open_model
+from zhllama.core.engine import GenerationParams, choose_engine, open_model
 from zhllama.core.errors import UserError
+from zhllama.core.loading import ModelOptions
 
 TEXTS = ["你好，世界", "the quick brown fox jumps over the lazy dog", "中文", "a"]
 
@@ -76,7 +77,7 @@ def test_lora_is_applied(tiny_zh_model, zh_model, tmp_path):
     ids = zh_model.tokenizer.encode("你好", bos=True)
     with torch.no_grad():
         expected = peft_model(torch.tensor([ids])).logits[0, -1]
-    loaded = open_model(tiny_zh_model, options=LoadOptions(lora=[str(tmp_path / "lora")]))
+    loaded = open_model(ModelOptions(model=str(tiny_zh_model), lora=[str(tmp_path / "lora")]))
     got = loaded.next_token_logits([ids])[0]
     assert (got - expected).abs().max().item() < 1e-4
     assert (got - zh_model.next_token_logits([ids])[0]).abs().max().item() > 1e-3
@@ -84,7 +85,7 @@ def test_lora_is_applied(tiny_zh_model, zh_model, tmp_path):
 
 @pytest.mark.parametrize(("load", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_quantized_load_runs_close_to_fp32(tiny_zh_model, zh_model, load, layer):
-    model = open_model(tiny_zh_model, options=LoadOptions(load=load))
+    model = open_model(ModelOptions(model=str(tiny_zh_model), load=load))
     assert type(model.model.model.layers[0].self_attn.q_proj).__name__ == layer
     ids = zh_model.tokenizer.encode("你好", bos=True)
     got = model.next_token_logits([ids])[0]
@@ -100,12 +101,12 @@ def test_lora_on_a_4bit_model_stays_an_adapter(tiny_zh_model, zh_model, tmp_path
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_alpha=64)
     get_peft_model(base, config).save_pretrained(tmp_path / "lora")
     ids = zh_model.tokenizer.encode("你好", bos=True)
-    plain4 = open_model(tiny_zh_model, options=LoadOptions(load="4bit")).next_token_logits([ids])[0]
-    with_lora = open_model(tiny_zh_model, options=LoadOptions(load="4bit", lora=[str(tmp_path / "lora")]))
+    plain4 = open_model(ModelOptions(model=str(tiny_zh_model), load="4bit")).next_token_logits([ids])[0]
+    with_lora = open_model(ModelOptions(model=str(tiny_zh_model), load="4bit", lora=[str(tmp_path / "lora")]))
     assert isinstance(with_lora.model, PeftModel)
-    fp32_lora = open_model(tiny_zh_model, options=LoadOptions(lora=[str(tmp_path / "lora")])).next_token_logits([ids])[
-        0
-    ]
+    fp32_lora = open_model(ModelOptions(model=str(tiny_zh_model), lora=[str(tmp_path / "lora")])).next_token_logits(
+        [ids]
+    )[0]
     got = with_lora.next_token_logits([ids])[0]
     assert (got - plain4).abs().max() > 3 * (got - fp32_lora).abs().max()  # the adapter's effect survives 4-bit
 
@@ -114,9 +115,9 @@ def test_bad_inputs_are_user_errors(tiny_zh_model, tmp_path):
     with pytest.raises(UserError, match="no such model folder or file"):
         open_model(tmp_path / "nope")
     with pytest.raises(UserError, match="adapter_config.json"):
-        open_model(tiny_zh_model, options=LoadOptions(lora=[str(tmp_path)]))
+        open_model(ModelOptions(model=str(tiny_zh_model), lora=[str(tmp_path)]))
     with pytest.raises(UserError, match="--load"):
-        open_model(tiny_zh_model, options=LoadOptions(load="3bit"))
+        open_model(ModelOptions(model=str(tiny_zh_model), load="3bit"))
 
 
 def test_plugin_listing_names_what_each_engine_needs(run_cli):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import shared
 from zhllama.core.assets import data_path
-from zhllama.core.engine import LoadOptions, open_model
+from zhllama.core.engine import open_model
 from zhllama.core.evaluation.runner import McqSettings, run_mcq
 from zhllama.plugins.benchmarks.ceval import CEval
 from zhllama.plugins.benchmarks.cmmlu import CMMLU
@@ -25,7 +25,7 @@ PINNED_LETTERS = {"default": "A", "cla2": "A"}
 
 @pytest.fixture(scope="module")
 def model(tiny_zh_model):
-    loaded = open_model(tiny_zh_model, None, LoadOptions())
+    loaded = open_model(tiny_zh_model)
     yield loaded
     loaded.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,10 +35,6 @@ class GenerationParams:
     greedy: bool = False
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
-
-
-# The name the engines and callers used before the options were unified; same class.
-LoadOptions = ModelOptions
 
 
 class TokenizerLike(Protocol):
@@ -116,16 +112,12 @@ def choose_engine(model: str | Path, engine: str | None = None) -> str:
     raise UserError(f"{model}: no engine accepts this model (a HF folder or a .gguf file is expected)")
 
 
-def open_model(
-    model: str | Path | ModelOptions, engine: str | None = None, options: ModelOptions | None = None
-) -> LoadedModel:
-    """Load a model: `open_model(ModelOptions(model=..., ...))`, or a source plus options."""
-    if isinstance(model, ModelOptions):
-        options = model
-    else:
-        options = replace(options or ModelOptions(), model=str(model), engine=engine or (options and options.engine))
+def open_model(options: ModelOptions | str | Path) -> LoadedModel:
+    """Load a model: `open_model(ModelOptions(model=..., ...))`, or a bare source with default options."""
     from zhllama.core.checkpoint.sources import resolve_model
 
+    if not isinstance(options, ModelOptions):
+        options = ModelOptions(model=str(options))
     options = options.validated()
     path = Path(options.model)
     if options.engine is None or options.engine in BUILTIN_SOURCES_ENGINES:
