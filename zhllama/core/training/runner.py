@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     from zhllama.core.training.embeddings import resize_for_tokenizer
 
     check_run(cfg)
-    _quiet_deepspeed(cfg, torch)
+    _quiet_deepspeed(cfg)
     set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
     tok_path = cfg.tokenizer or cfg.adapter or cfg.model
     tokenizer = ZhTokenizer(tok_path)
@@ -386,11 +386,9 @@ def _train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
     return summary
 
 
-def _quiet_deepspeed(cfg: TrainConfig, torch) -> None:
-    """DeepSpeed logs to stdout (which `--json` owns): pick its CPU accelerator without the detection
-    warning, and send its log lines to stderr when it is used."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def _quiet_deepspeed(cfg: TrainConfig) -> None:
+    """DeepSpeed logs to stdout (which `--json` owns): send its log lines to stderr when it is used.
+    (The CLI names DeepSpeed's accelerator on CPU machines, so its detection warning never prints.)"""
     if cfg.deepspeed is not None:
         import sys
 
