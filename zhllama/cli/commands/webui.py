@@ -10,7 +10,7 @@ import typer
 from zhllama.cli.commands.chat import answer_options_command
 from zhllama.cli.commands.serve import check_port
 from zhllama.cli.model_options import ModelOptions, model_options_command
-from zhllama.cli.options import examples
+from zhllama.cli.options import Host, Port, examples
 from zhllama.core import console
 from zhllama.core.errors import MissingDependencyError, UserError
 from zhllama.core.generation.options import AnswerOptions
@@ -33,10 +33,8 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 def webui(
     model_options: ModelOptions,
     answer: AnswerOptions,
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (loopback unless you open it up).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 7860,
+    host: Host = "127.0.0.1",
+    port: Port = 7860,
     auth: Annotated[
         str | None,
         typer.Option("--auth", envvar=AUTH_ENV, help=f"Require a login USER:PASSWORD (or set {AUTH_ENV})."),
