@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._models import tiny_model
 from zhllama.core.assets import data_path
-from zhllama.core.tiny import TinyShape, build_tiny_llama
+from zhllama.core.tiny import TinyShape
 
 SHAPE = TinyShape(
     hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
@@ -111,17 +112,12 @@ def sft_tokens_per_second(model_dir: Path, data: Path, out: Path, packing: bool)
 
 
 def main() -> dict:
-    from zhllama.core import console, vocab
+    from zhllama.core import console
 
     console.SETTINGS.quiet = True
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(tmp)
-        base = w / "base_sp.model"
-        vocab.train([data_path("corpus_en.txt")], 400, base, byte_fallback=True)
-        zh = w / "zh.model"
-        vocab.train([data_path("corpus_zh.txt")], 1200, zh)
-        vocab.merge(base, [zh], w / "tok")
-        model = build_tiny_llama(w / "model", tokenizer=w / "tok", shape=SHAPE)
+        model = tiny_model(w, SHAPE)
         text = data_path("corpus_zh.txt")
         plain = plain_trainer_peft(model, text, w / "plain")
         ours = zhllama_pretrain(model, text, w / "ours")
