@@ -1,4 +1,7 @@
-"""`zhllama vocab`: train a SentencePiece model, merge it into a LLaMA tokenizer, measure lengths."""
+"""`zhllama vocab`: train a SentencePiece model, merge it into a LLaMA tokenizer, measure lengths.
+
+Byte-level BPE (tokenizer.json) vocabularies are in `bpe.py`; `merge_any` dispatches on the base.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zhllama.core import spm
+from zhllama.core import bpe, spm
 from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir, check_output_file
 from zhllama.core.errors import UserError
 from zhllama.core.paths import check_output, iter_text_lines, read_text_file
@@ -205,9 +208,18 @@ def merge(
     reference_scores: bool = False,
     force: bool = False,
 ) -> MergeReport:
-    """Merge SentencePiece models into a base LLaMA tokenizer and write a tokenizer folder."""
+    """Merge SentencePiece models into a base LLaMA tokenizer and write a tokenizer folder.
+
+    A byte-level BPE base (tokenizer.json) goes to `bpe.merge` (see `merge_any`).
+    """
     if not additions:
         raise UserError("--add: give at least one SentencePiece model to merge")
+    for a in additions:
+        if bpe.addition_kind(Path(a)) != "sentencepiece":
+            raise UserError(
+                f"{a}: cannot be merged into the SentencePiece base {base}: a SentencePiece vocabulary only takes "
+                "SentencePiece pieces (train the addition with `vocab train --kind sentencepiece`)"
+            )
     if pad_token is not None and not pad_token:
         raise UserError("--pad-token: must not be empty")
     check_output(output, [base, *additions])
@@ -246,6 +258,42 @@ def merge(
     return report
 
 
+def base_kind(base: str | Path) -> str:
+    """'sentencepiece' (tokenizer.model / .model) or 'byte-bpe' (tokenizer.json) for a --base."""
+    p = Path(base)
+    if p.is_dir():
+        if (p / "tokenizer.model").is_file():
+            return "sentencepiece"
+        if (p / "tokenizer.json").is_file():
+            return "byte-bpe"
+        raise UserError(f"{p}: no tokenizer.model or tokenizer.json in this folder")
+    if not p.is_file():
+        raise UserError(f"{p}: no such file or folder")
+    return "byte-bpe" if bpe.addition_kind(p) == "byte-bpe" else "sentencepiece"
+
+
+def merge_any(
+    base: str | Path,
+    additions: Sequence[str | Path],
+    output: str | Path,
+    pad_token: str | None = None,
+    reference_scores: bool = False,
+    pad_to_multiple_of: int | None = None,
+    force: bool = False,
+):
+    """`vocab merge`: SentencePiece bases take SentencePiece models; byte-level BPE bases take
+    tokenizer.json files, SentencePiece models and word lists."""
+    if base_kind(base) == "sentencepiece":
+        if pad_to_multiple_of is not None:
+            raise UserError("--pad-to-multiple-of: only for byte-level BPE bases (tokenizer.json)")
+        return merge(base, additions, output, pad_token=pad_token, reference_scores=reference_scores, force=force)
+    if pad_token is not None:
+        raise UserError("--pad-token: only for SentencePiece bases (a byte-level base keeps its own special tokens)")
+    if reference_scores:
+        raise UserError("--reference-scores: only for SentencePiece bases")
+    return bpe.merge(base, additions, output, pad_to_multiple_of=pad_to_multiple_of, force=force)
+
+
 @dataclass
 class LengthStats:
     tokenizer: str
@@ -254,7 +302,7 @@ class LengthStats:
     tokens: int
     tokens_per_char: float
     relative_length: float
-    byte_fallback_rate: float
+    byte_fallback_rate: float  # byte-level BPE: share of tokens that are pieces of a character
     score_ties: bool
 
     def as_dict(self) -> dict:
@@ -274,11 +322,19 @@ def stats(tokenizers: Sequence[str | Path], text_file: str | Path) -> list[Lengt
     characters = sum(len(line) for line in lines)
     results: list[LengthStats] = []
     for name in tokenizers:
-        tok = ZhTokenizer(name)
+        path = Path(name)
+        byte_level = bpe.is_byte_level_folder(path) or (path.is_file() and bpe.addition_kind(path) == "byte-bpe")
+        tok = bpe.JsonTokenizer(path) if path.is_file() and byte_level else ZhTokenizer(name)
         encoded = tok.encode_batch(lines)
         tokens = sum(len(ids) for ids in encoded)
-        byte_tokens = sum(1 for ids in encoded for i in ids if tok.is_byte(i))
-        ties = tok.sp is not None and spm.has_score_ties(spm.load_proto(spm.resolve_model_file(name)))
+        if byte_level:  # byte-level BPE has no byte fallback: count tokens that are pieces of a character
+            pieces = {i: bpe.partial_character(tok.id_to_piece(i)) for i in {i for ids in encoded for i in ids}}
+            byte_tokens = sum(1 for ids in encoded for i in ids if pieces[i])
+        else:
+            byte_tokens = sum(1 for ids in encoded for i in ids if tok.is_byte(i))
+        ties = (
+            not byte_level and tok.sp is not None and spm.has_score_ties(spm.load_proto(spm.resolve_model_file(name)))
+        )
         results.append(
             LengthStats(
                 tokenizer=str(name),
