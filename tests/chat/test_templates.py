@@ -121,3 +121,77 @@ def test_runtime_uses_the_models_template_by_default(chatml_model_dir):
         )
     finally:
         runtime.close()
+
+
+# ---- llama3 (Llama-3.x Instruct / Chinese-LLaMA-Alpaca-3) -------------------------------------------
+LLAMA3_CHAT_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's tokenizer_config.json chat_template
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    """A byte-level BPE tokenizer with Llama-3's special tokens, and the same folder with Meta's template."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+
+    from zhllama.core.assets import data_path
+    from zhllama.core.tokenizer import ZhTokenizer
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = (data_path("corpus_en.txt").read_text() + data_path("corpus_zh.txt").read_text()).splitlines()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(text, trainer)
+    tok.add_special_tokens(LLAMA3_SPECIALS)
+    root = tmp_path_factory.mktemp("llama3tok")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+    folders = []
+    for name, template in (("plain", None), ("meta", LLAMA3_CHAT_TEMPLATE)):
+        folder = root / name
+        folder.mkdir()
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({**config, "chat_template": template} if template else config)
+        )
+        folders.append(folder)
+    return ZhTokenizer(folders[0]), AutoTokenizer.from_pretrained(str(folders[1]))
+
+
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+def test_llama3_prompt_ids_equal_metas_chat_template(llama3, conversation):
+    tok, hf = llama3
+    assert tok.chat_template is None  # the named template works on a folder without one
+    messages = CONVERSATIONS[conversation]
+    if messages[0].role != "system":
+        messages = [Message("system", "You are a helpful assistant."), *messages]
+    ids, _ = encode(tok, get_template("llama3").segments(messages, add_generation_prompt=True))
+    expected = hf.apply_chat_template(_dicts(messages), add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids == list(expected)
+
+
+def test_llama3_default_system_answers_labels_and_stops(llama3):
+    from zhllama.core.engine import GenerationParams
+    from zhllama.core.generation.respond import with_template_stops
+
+    tok, hf = llama3
+    template = get_template("llama3")
+    messages = [Message("user", " 你好 "), Message("assistant", "你好！"), Message("user", "再见")]
+    ids, labels = encode(tok, template.segments(messages))
+    system = [Message("system", "You are a helpful assistant. 你是一个乐于助人的助手。"), *messages]
+    expected = hf.apply_chat_template(_dicts(system), add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids == list(expected)  # contents trimmed, as Meta's template does
+    eot = hf.convert_tokens_to_ids("<|eot_id|>")
+    trained = [i for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+    assert trained == tok.encode("你好！") + [eot]
+    assert ids[0] == hf.convert_tokens_to_ids("<|begin_of_text|>") and ids.count(hf.bos_token_id) == 1
+    assert eot in with_template_stops(GenerationParams(), template, tok).stop_token_ids

@@ -1,4 +1,4 @@
-"""Built-in prompt templates of the Chinese-LLaMA-Alpaca projects (plus ChatML and none).
+"""Built-in prompt templates of the Chinese-LLaMA-Alpaca projects (plus ChatML, Llama-3 and none).
 
 The model's own chat template (`--template auto`/`hf`) is `zhllama.core.templates.ChatTemplate`.
 """
@@ -62,6 +62,37 @@ class ChatML(Template):
             segs += [start, Segment(f"user\n{user}"), end, Segment("\n"), start, Segment("assistant\n")]
             if answer is not None:
                 segs += [Segment(answer, train=True), Special("<|im_end|>", train=True), Segment("\n", train=True)]
+        return segs
+
+
+class Llama3(Template):
+    """Meta's Llama-3 Instruct format, as its own chat template renders it (contents trimmed).
+
+    The default system prompt is Chinese-LLaMA-Alpaca-3's (its `scripts` use this exact text);
+    Meta's template itself writes no system block unless one is given.
+    """
+
+    name = "llama3"
+    description = (
+        "Llama-3.x Instruct / Chinese-LLaMA-Alpaca-3 (<|start_header_id|>role<|end_header_id|> ... <|eot_id|>)"
+    )
+    default_system = "You are a helpful assistant. 你是一个乐于助人的助手。"
+    stop_strings = ("<|eot_id|>",)
+    stop_tokens = ("<|eot_id|>", "<|end_of_text|>")
+
+    def segments(self, messages: Sequence[Message], system=None, add_generation_prompt=False):
+        _system, turns = self.split_turns(messages)
+        system = system if system is not None else (_system if _system is not None else self.default_system)
+        head, end = Special("<|start_header_id|>"), Special("<|end_header_id|>")
+        eot = "<|eot_id|>"
+        segs: list[Segment] = [Special("<|begin_of_text|>")]
+        if system:
+            segs += [head, Segment("system"), end, Segment("\n\n" + system.strip()), Special(eot)]
+        for user, answer in turns:
+            segs += [head, Segment("user"), end, Segment("\n\n" + user.strip()), Special(eot)]
+            segs += [head, Segment("assistant"), end, Segment("\n\n")]
+            if answer is not None:
+                segs += [Segment(answer.strip(), train=True), Special(eot, train=True)]
         return segs
 
 
