@@ -216,17 +216,18 @@ def test_guidance_fields(client, runtime):
 
 
 def test_error_after_the_stream_started_is_an_event_then_done(runtime, monkeypatch, live_server):
-    from zhllama.core.generation import respond
+    from zhllama.core.generation.batch import DecodeBatch
 
-    original = respond.Reply.__iter__
+    original = DecodeBatch.forward
+    steps = []
 
     def failing(self):
-        for i, chunk in enumerate(original(self)):
-            if i == 2:
-                raise RuntimeError("disk on fire")
-            yield chunk
+        steps.append(1)
+        if len(steps) == 3:
+            raise RuntimeError("disk on fire")
+        return original(self)
 
-    monkeypatch.setattr(respond.Reply, "__iter__", failing)
+    monkeypatch.setattr(DecodeBatch, "forward", failing)
     app = create_app(runtime, GenerationParams(max_new_tokens=30, greedy=True))
     with live_server(app) as base:
         raw = httpx.post(f"{base}/v1/chat/completions", json={"messages": MESSAGES, "stream": True})

@@ -1,12 +1,16 @@
-"""The FastAPI application: routes, authentication, one generation worker, streaming.
+"""The FastAPI application: routes, authentication, streaming; generation is the scheduler's.
 
-- One generation at a time: every request runs on a single worker thread, so concurrent requests
-  queue in arrival order and never share model or cache state.
+- Concurrent requests are decoded together (`core.generation.scheduler`: continuous batching on
+  the transformers engine, up to `max_batch_size` answers per step; other engines one at a time).
+  The model is touched by the scheduler's thread only (embeddings too, between steps).
+- The queue is bounded: when `max_queue` answers already wait, a request gets a 429 in OpenAI's
+  shape (`code: rate_limit_exceeded`, `Retry-After: 1`) before anything is generated.
 - A client that disconnects cancels its request: a queued one never starts, a running one stops
   after the current token.
 - Errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`: malformed JSON and
-  bad fields -> 400, missing/wrong API key -> 401, unknown model -> 404, too large a body -> 413.
-  A failure after a stream started is sent as an SSE `error` event followed by `data: [DONE]`.
+  bad fields -> 400, missing/wrong API key -> 401, unknown model -> 404, too large a body -> 413,
+  queue full -> 429. A failure after a stream started is sent as an SSE `error` event followed by
+  `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import base64
 import json
 import secrets
 import struct
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
@@ -27,6 +31,7 @@ from zhllama.core.engine import GenerationParams
 from zhllama.core.errors import UserError
 from zhllama.core.generation.embeddings import embed, supports_embeddings
 from zhllama.core.generation.runtime import ChatRuntime
+from zhllama.core.generation.scheduler import QueueFull, Scheduler
 from zhllama.core.templates import Message
 from zhllama.server.requests import (
     ApiError,
@@ -50,17 +55,42 @@ class ServerLimits:
     max_stop_strings: int = 4
     max_n: int = 8
     max_embedding_inputs: int = 256
+    max_batch_size: int = 8  # answers decoded together (1: one at a time, in arrival order)
+    max_queue: int = 64  # answers waiting for a slot before requests get a 429
 
 
 class Server:
-    """The app state: the runtime, the defaults from the command line, the single worker."""
+    """The app state: the runtime, the defaults from the command line, the scheduler."""
 
     def __init__(self, runtime: ChatRuntime, defaults: GenerationParams, api_key: str | None, limits: ServerLimits):
         self.runtime = runtime
         self.defaults = defaults
         self.api_key = api_key
         self.limits = limits
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zhllama-generate")
+        self.scheduler = Scheduler(runtime.model, limits.max_batch_size, limits.max_queue)
+        self._mailbox: _Mailbox | None = None
+
+    def feed(self) -> _Feed:
+        """A new request's feed, on the running event loop's mailbox."""
+        loop = asyncio.get_running_loop()
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = _Mailbox(loop)
+        return _Feed(self._mailbox)
+
+    def submit(self, replies: list, feed: _Feed) -> None:
+        try:
+            self.scheduler.submit(replies, feed)
+        except QueueFull as exc:
+            raise ApiError(
+                429,
+                f"the server is busy: {exc}; retry later",
+                code="rate_limit_exceeded",
+                kind="requests",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    def close(self) -> None:
+        self.scheduler.close()
 
     def check_auth(self, header: str | None) -> None:
         if self.api_key is None:
@@ -138,7 +168,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(404)
     async def not_found(request: Request, _exc):
@@ -191,9 +221,11 @@ def create_app(
         job = parse(data, server.defaults, server.limits)
         replies = server.replies(job)
         shape = (ChatShape if kind == "chat" else CompletionShape)(runtime, job, replies)
+        feed = server.feed()
+        server.submit(replies, feed)
         if job.stream:
-            return StreamingResponse(_events(server, request, replies, shape, job), media_type="text/event-stream")
-        await _run_cancellable(server, request, replies)
+            return StreamingResponse(_events(replies, shape, job, feed), media_type="text/event-stream")
+        await _collect(request, replies, feed)
         return shape.full()
 
     @app.post("/v1/chat/completions")
@@ -219,8 +251,7 @@ def create_app(
             if len(ids) > runtime.model.context_length:
                 raise bad(f"input[{i}]", f"{len(ids)} tokens; the context holds {runtime.model.context_length}")
             batch.append(ids)
-        loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(server.worker, embed, runtime.model, batch)
+        vectors = await asyncio.wrap_future(server.scheduler.call(embed, runtime.model, batch))
         if job.dimensions is not None and job.dimensions != len(vectors[0]):
             raise bad("dimensions", f"this model's embeddings have {len(vectors[0])} dimensions")
         tokens = sum(len(ids) for ids in batch)
@@ -242,68 +273,107 @@ def _encode_vector(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-def _generate(replies, emit=None) -> None:
-    """Worker-thread body: run each reply unless it was cancelled while queued."""
-    for index, reply in enumerate(replies):
-        if reply.cancelled:
-            return
-        for chunk in reply:
-            if emit is not None:
-                emit((index, chunk))
-        if emit is not None:
-            emit((index, None))
+class _Mailbox:
+    """Hands chunks from the scheduler's thread to the event loop: one loop wake-up per batch step,
+    however many streams the step fed (not one per chunk)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: list = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
 
 
-async def _run_cancellable(server: Server, request, replies) -> None:
-    """Run a non-streaming generation on the worker; a client disconnect cancels it."""
-    loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(server.worker, _generate, replies)
-    while not future.done():
-        done, _ = await asyncio.wait({future}, timeout=0.2)
-        if not done and await request.is_disconnected():
-            for reply in replies:
-                reply.cancel()
+class _Feed:
+    """Where the scheduler's thread sends one request's chunks: an asyncio queue on the app's loop."""
+
+    def __init__(self, box: _Mailbox):
+        self.box = box
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def __call__(self, index: int, item) -> None:
+        self.box.post(self.queue, (index, item))
+
+
+def _failure(exc: BaseException) -> ApiError:
+    if isinstance(exc, UserError):
+        return ApiError(400, str(exc))
+    return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}")
+
+
+def _cancel(replies) -> None:
+    for reply in replies:
+        reply.cancel()  # no-op when finished; stops a generation whose client went away
+
+
+async def _collect(request, replies, feed: _Feed) -> None:
+    """Wait until every answer of a non-streaming request ended; a client disconnect cancels them."""
+    remaining, error = len(replies), None
     try:
-        await future
-    except UserError as exc:
-        raise ApiError(400, str(exc)) from None
+        while remaining:
+            try:
+                _index, item = await asyncio.wait_for(feed.queue.get(), timeout=0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    _cancel(replies)
+                continue
+            if item is None or isinstance(item, BaseException):
+                remaining -= 1
+                if isinstance(item, BaseException) and error is None:
+                    error = item
+    finally:
+        if remaining:
+            _cancel(replies)
+    if error is not None:
+        raise _failure(error)
 
 
-async def _events(server: Server, request, replies, shape, job: Job):
-    """Server-sent events for a streaming request; closing the stream cancels the generation."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    end = object()
+async def _events(replies, shape, job: Job, feed: _Feed):
+    """Server-sent events for a streaming request; closing the stream cancels the generation.
 
-    def emit(item) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    future = loop.run_in_executor(server.worker, _generate, replies, emit)
-    future.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, end))
+    Chunks already waiting are sent together in one write."""
+    remaining, started = len(replies), set()
     try:
-        started = set()
-        while True:
-            item = await queue.get()
-            if item is end:
-                break
-            index, chunk = item
-            if index not in started:
-                started.add(index)
-                first = shape.first_chunk(index)
-                if first is not None:
-                    yield sse(first)
-            if chunk is None:
-                yield sse(shape.chunk(index, "", replies[index].finish_reason))
-            elif chunk:
-                yield sse(shape.chunk(index, chunk, None))
-        future.result()
+        while remaining:
+            items = [await feed.queue.get()]
+            while not feed.queue.empty():
+                items.append(feed.queue.get_nowait())
+            out = []
+            for index, item in items:
+                if isinstance(item, BaseException):
+                    if out:
+                        yield "".join(out)
+                    raise item
+                if index not in started:
+                    started.add(index)
+                    first = shape.first_chunk(index)
+                    if first is not None:
+                        out.append(sse(first))
+                if item is None:
+                    remaining -= 1
+                    out.append(sse(shape.chunk(index, "", replies[index].finish_reason)))
+                elif item:
+                    out.append(sse(shape.chunk(index, item, None)))
+            if out:
+                yield "".join(out)
         if job.include_usage:
             yield sse(shape.usage_chunk())
         yield DONE
     except Exception as exc:  # after the headers went out: an error event, then the end marker
-        error = ApiError(400, str(exc)) if isinstance(exc, UserError) else ApiError(500, f"generation failed: {exc}")
-        yield sse(error.body())
-        yield DONE
+        yield sse(_failure(exc).body()) + DONE
     finally:
-        for reply in replies:
-            reply.cancel()  # no-op when finished; stops a generation whose client went away
+        _cancel(replies)

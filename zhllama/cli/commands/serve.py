@@ -2,7 +2,8 @@
 
 The app itself is the `zhllama.server` package; this command loads the model with the same flags as
 `chat` (`ModelOptions` + `AnswerOptions`: the sampling flags become the defaults of requests that
-omit a field) and runs uvicorn.
+omit a field) and runs uvicorn. `--max-batch-size` and `--max-queue` size the scheduler
+(`core.generation.scheduler`): answers decoded together, answers allowed to wait before a 429.
 """
 
 from __future__ import annotations
@@ -72,6 +73,19 @@ def serve(
     max_request_bytes: Annotated[
         int, typer.Option("--max-request-bytes", min=1024, help="Largest request body accepted.")
     ] = 1 << 20,
+    max_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--max-batch-size",
+            min=1,
+            help="Answers decoded together (continuous batching, transformers engine; 1 = one at a time). "
+            "Other engines serve one answer at a time.",
+        ),
+    ] = 8,
+    max_queue: Annotated[
+        int,
+        typer.Option("--max-queue", min=1, help="Answers that may wait for a slot; beyond it requests get a 429."),
+    ] = 64,
 ) -> None:
     """Serve /v1/models, /v1/chat/completions, /v1/completions (streaming too) and /v1/embeddings for one model."""
     from dataclasses import replace
@@ -96,7 +110,12 @@ def serve(
     runtime = load_for_answers(model_options, answer)
     if name:
         runtime.name = name
-    limits = ServerLimits(max_tokens=max_tokens_limit, max_request_bytes=max_request_bytes)
+    limits = ServerLimits(
+        max_tokens=max_tokens_limit,
+        max_request_bytes=max_request_bytes,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+    )
     app = create_app(runtime, defaults, api_key or None, limits)
     if host not in LOOPBACK and not api_key:
         console.warn(f"serving on {host} without --api-key: anyone who can reach this port can use the model")
@@ -104,6 +123,7 @@ def serve(
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning" if not console.SETTINGS.debug else "info")
     finally:
+        app.state.server.close()
         runtime.close()
 
 
