@@ -12,6 +12,7 @@ import pytest
 from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
 from zhllama.core.evaluation.runner import McqSettings, question_ids
+from zhllama.core.tokenizer import ZhTokenizer
 from zhllama.plugins.benchmarks.ceval import CEval
 from zhllama.plugins.benchmarks.cmmlu import CMMLU
 
@@ -59,12 +60,16 @@ def test_system_prompts_per_benchmark():
     assert CMMLU().cla2_system == "你是一个乐于助人的助手。"
 
 
-class FakeTokenizer:
-    """Records what is encoded; ids are the code points (enough to compare texts)."""
+class FakeTokenizer(ZhTokenizer):
+    """Ids are the code points (enough to compare texts); checks the reference switch is asked for."""
 
     bos_id = 1
 
-    def encode(self, text, bos=False):
+    def __init__(self):
+        pass
+
+    def encode(self, text, bos=False, eos=False, special=False, legacy=False):
+        assert legacy, "cla2 prompts are read as the reference's LlamaTokenizer reads them"
         return ([1] if bos else []) + [ord(c) for c in text]
 
 
@@ -100,6 +105,30 @@ def test_cla2_refuses_other_templates_and_system_prompt_needs_a_template():
     assert McqSettings().checked(CEval()).max_new_tokens == 32
     assert McqSettings().checked(CMMLU()).split == "test"
     assert McqSettings().checked(CEval()).split == "val"
+
+
+# The reference evaluators' argparse defaults, as written in scripts/ceval/eval.py and scripts/cmmlu/eval.py:
+#   --few_shot True, --ntrain 5, --with_prompt False; --constrained_decoding True (C-Eval) / False (CMMLU)
+REFERENCE_DEFAULTS = {
+    "ceval": {"few_shot": "True", "ntrain": 5, "with_prompt": "False", "constrained_decoding": "True"},
+    "cmmlu": {"few_shot": "True", "ntrain": 5, "with_prompt": "False", "constrained_decoding": "False"},
+}
+
+
+@pytest.mark.parametrize("benchmark", [CEval(), CMMLU()])
+def test_cla2_defaults_are_the_reference_scripts_defaults(benchmark):
+    ref = REFERENCE_DEFAULTS[benchmark.name]
+    settings = McqSettings(prompt_style="cla2").checked(benchmark)
+    assert settings.shots == (ref["ntrain"] if ref["few_shot"] == "True" else 0)
+    # constrained decoding = one forward pass scoring the letters (logits); otherwise free generation
+    assert settings.mode == ("logits" if ref["constrained_decoding"] == "True" else "generate")
+    assert (settings.template is None) == (ref["with_prompt"] == "False")
+    # explicit flags win; the default style keeps 0-shot logits
+    explicit = McqSettings(prompt_style="cla2", shots=0, mode="logits").checked(benchmark)
+    assert (explicit.shots, explicit.mode) == (0, "logits")
+    assert (McqSettings().checked(benchmark).shots, McqSettings().checked(benchmark).mode) == (0, "logits")
+    with pytest.raises(UserError, match="--shots: 6"):
+        McqSettings(prompt_style="cla2", shots=6).checked(benchmark)
 
 
 @pytest.mark.parametrize(

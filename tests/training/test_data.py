@@ -1,9 +1,12 @@
 """The datasets-based data pipeline: identical to the previous list implementation, to CLA2's
-tokenize + group_texts, across worker counts, per-file cache reuse, streaming, incremental JSON."""
+tokenize + group_texts (run by `datasets` itself, over N worker processes), lines split as
+`datasets`' text loader, per-file cache reuse, streaming, incremental JSON."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from itertools import chain
 
 import pytest
@@ -15,11 +18,19 @@ from zhllama.core.tokenizer import ZhTokenizer
 from zhllama.core.training import data
 
 
+def text_loader_lines(path):
+    r"""Lines as `datasets`' `text` loader reads them: the file opened in text mode (universal
+    newlines turn '\r\n' and '\r' into '\n'), `StringIO(...).readlines()` (splits on '\n' only),
+    each line's '\n' stripped."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in io.StringIO(f.read()).readlines()]
+
+
 # ---- the previous implementation (zhllama before the datasets pipeline), kept as the reference ----
 def legacy_read_documents(files):
     docs = []
     for f in files:
-        lines = f.read_text(encoding="utf-8").splitlines()
+        lines = text_loader_lines(f)
         if f.suffix == ".jsonl":
             docs += [json.loads(line)["text"] for line in lines if line.strip()]
         else:
@@ -60,7 +71,7 @@ def cla2_blocks(sp_tokenizer: ZhTokenizer, files, block_size, add_eos):
     sp = sp_tokenizer.sp
     out = []
     for f in files:
-        lines = f.read_text(encoding="utf-8").splitlines()
+        lines = text_loader_lines(f)
         for start in range(0, len(lines), 1000):
             batch = [
                 [sp.bos_id(), *sp.encode(t), *([sp.eos_id()] if add_eos else [])] for t in lines[start : start + 1000]
@@ -139,10 +150,115 @@ def test_cla2_grouping_equals_reference_reimplementation(tmp_path, tok, separato
     small = tmp_path / "small.txt"  # one batch shorter than a block: CLA2 keeps it as a short block
     small.write_text("短\n", encoding="utf-8")
     files = [big, small]
-    got, _ = data.pretrain_dataset(tok, files, 256, tmp_path / "cache", separator, "cla2", workers=2)
+    got, _ = data.pretrain_dataset(tok, files, 256, tmp_path / "cache", separator, "cla2", workers=1)
     expected = cla2_blocks(tok, files, 256, add_eos=separator == "eos")
     assert rows(got) == expected
     assert len(expected[-1]) < 256 and (separator == "eos") == (expected[-1][-1] == tok.eos_id)
+
+
+# ---- CLA2 run by `datasets` itself: load_dataset("text") + map(tokenize) + map(group_texts, num_proc=N) ----
+def reference_llama_ids(sp, text: str) -> list[int]:
+    """transformers 4.x LlamaTokenizer(legacy=True)(text) with add_eos_token: BOS, the text cut at
+    '<s>' / '</s>' / '<unk>' (each its id, spaces left in the neighbouring chunks), every other chunk
+    encoded by sentencepiece on its own, EOS."""
+    ids = [sp.bos_id()]
+    for chunk in re.split(r"(<s>|</s>|<unk>)", text):
+        if chunk in ("<s>", "</s>", "<unk>"):
+            ids.append(sp.piece_to_id(chunk))
+        elif chunk:
+            ids += sp.encode(chunk)
+    return ids + [sp.eos_id()]
+
+
+def cla2_reference_with_datasets(sp, path, block_size: int, num_proc: int, cache):
+    """`run_clm_pt_with_peft.py`'s data step, run by `datasets` as the script runs it."""
+    from datasets import load_dataset
+
+    def tokenize_function(examples):
+        return {"input_ids": [reference_llama_ids(sp, t) for t in examples["text"]]}
+
+    # the reference's group_texts, as written in scripts/training/run_clm_pt_with_peft.py
+    def group_texts(examples):
+        # Concatenate all texts.
+        concatenated_examples = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total_length = len(concatenated_examples[list(examples.keys())[0]])
+        # We drop the small remainder, we could add padding if the model supported it instead of this drop, you can
+        # customize this part to your needs.
+        if total_length >= block_size:
+            total_length = (total_length // block_size) * block_size
+        # Split by chunks of max_len.
+        result = {
+            k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
+            for k, t in concatenated_examples.items()
+        }
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    raw = load_dataset("text", data_files=str(path), cache_dir=str(cache), keep_in_memory=False)
+    tokenized = raw.map(tokenize_function, batched=True, num_proc=num_proc, remove_columns="text")
+    grouped = tokenized.map(group_texts, batched=True, num_proc=num_proc)
+    return [list(r) for r in grouped["train"]["input_ids"]]
+
+
+@pytest.fixture
+def odd_corpus(tmp_path):
+    """2600 lines (blank ones, '</s>' inside lines) with U+2028 / \\x85 / \\x0c inside lines and
+    '\\r\\n' / '\\r' line ends: three shards of 867 lines with 3 workers, 8 of 325 with 8."""
+    lines = data_path("corpus_zh.txt").read_text(encoding="utf-8").splitlines()
+    out = []
+    for i in range(2600):
+        line = lines[i % len(lines)] if i % 7 else ""
+        if i % 11 == 3:
+            line = f'{line[:20]} if x == "</s>": <unk> {line[20:40]}'
+        if i % 13 == 5:
+            line = line[:10] + "\u2028" + line[10:30] + "\x85" + line[30:40] + "\x0c" + line[40:]
+        out.append(line + ("\r\n" if i % 17 == 1 else "\r" if i % 19 == 2 else "\n"))
+    path = tmp_path / "odd_big.txt"
+    path.write_bytes("".join(out).encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 3, pytest.param(8, marks=pytest.mark.slow)])
+def test_cla2_grouping_equals_datasets_map_with_num_proc(tmp_path, tok, odd_corpus, workers):
+    expected = cla2_reference_with_datasets(tok.sp, odd_corpus, 128, workers, tmp_path / "hf")
+    got, _ = data.pretrain_dataset(tok, [odd_corpus], 128, tmp_path / "c", "eos", "cla2", workers=workers)
+    assert rows(got) == expected
+    if workers > 1:  # each worker's shard is batched from its own start: other blocks than one process
+        one, _ = data.pretrain_dataset(tok, [odd_corpus], 128, tmp_path / "c", "eos", "cla2", workers=1)
+        assert rows(got) != rows(one) and rows(got)[:5] == rows(one)[:5]
+    flat = list(chain(*expected))
+    assert flat.count(tok.eos_id) > flat.count(tok.bos_id)  # '</s>' inside lines became EOS tokens
+
+
+def test_cla2_batch_rows_are_datasets_contiguous_shards():
+    from datasets import Dataset
+
+    for rows_, workers in ((2600, 3), (2600, 8), (5, 8), (1000, 1), (2001, 2)):
+        table = Dataset.from_dict({"i": list(range(rows_))})
+        seen = table.map(lambda b: {"n": [len(b["i"])] * len(b["i"])}, batched=True, num_proc=min(workers, rows_))
+        sizes, i = [], 0
+        while i < rows_:
+            sizes.append(seen[i]["n"])
+            i += seen[i]["n"]
+        assert data.cla2_batch_rows(rows_, workers) == sizes
+
+
+def test_lines_split_as_datasets_text_loader(tmp_path):
+    from datasets import load_dataset
+
+    f = tmp_path / "lines.txt"
+    text = "a\u2028b\x85c\x0cd\x0be\x1cf\u2029g\rh\r\ni\n\n  \n\r\rj\r\n\r\nk"
+    f.write_bytes(text.encode("utf-8"))
+    loaded = load_dataset("text", data_files=str(f), cache_dir=str(tmp_path / "hf"))["train"]["text"]
+    assert loaded == ["a\u2028b\x85c\x0cd\x0be\x1cf\u2029g", "h", "i", "", "  ", "", "", "j", "", "k"]
+    assert [d for d, _ in data.iter_documents(f, keep_blank=True)] == loaded
+    assert [d for d, _ in data.iter_documents(f) if d is not None] == [t for t in loaded if t.strip()]
+    assert sum(n for _, n in data.iter_documents(f, keep_blank=True)) == f.stat().st_size
+    assert [data.split_lines(x) for x in ("a\r\n", "a\r", "\r\n", "a\u2028b\n")] == [["a"], ["a"], [""], ["a\u2028b"]]
+    # a JSONL record whose string holds a raw U+2028 / \\x85 is one record, not two broken lines
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"instruction": "问\u2028题\x85", "output": "答"}, ensure_ascii=False) + "\r\n")
+    assert [r for _, r, _ in data.iter_records(records)] == [{"instruction": "问\u2028题\x85", "output": "答"}]
 
 
 def test_doc_separator_none_has_no_eos(tmp_path, tok):

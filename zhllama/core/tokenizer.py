@@ -5,6 +5,12 @@ reference semantics of LLaMA-family tokenizers, and the only exact one for vocab
 merged pieces tie in score (the reference merge, Chinese-LLaMA-2). The HF tokenizer from the same
 folder is still loaded for what only it has (special-token names, saving, `Trainer`).
 Folders without a SentencePiece model (e.g. GPT-2-style BPE) use the HF tokenizer alone.
+
+Special-token strings inside text (`<s>`, `</s>`, `<unk>`, ...) are plain text by default: a
+document or answer that quotes `</s>` cannot end a sequence. `legacy=True` is the reference
+switch (every `cla2` code path uses it): text is read as transformers 4.x's slow `LlamaTokenizer`
+with `legacy=True` reads it (what Chinese-LLaMA-Alpaca-2's scripts ran), and ids decode as its
+`decode` does. See `encode` and `decode`.
 """
 
 from __future__ import annotations
@@ -144,10 +150,122 @@ class ZhTokenizer:
                 ids.extend(self.sp.encode(part))
         return ids
 
+    # ---- the reference tokenizer: transformers 4.x `LlamaTokenizer(legacy=True)` ---------------
+    @cached_property
+    def legacy_special_tokens(self) -> dict[str, int]:
+        """Text -> id of the strings the slow `LlamaTokenizer` of transformers 4.x splits text on:
+        its special tokens (BOS, EOS, UNK, and PAD where the folder names one, as CLA2's
+        special_tokens_map.json names `<pad>`) and the added tokens beyond the SentencePiece
+        vocabulary. SentencePiece's own control or user-defined pieces are not among them."""
+        out: dict[str, int] = {}
+        for name in ("bos", "eos", "unk", "pad"):
+            idx = self._hf_id(name) if self._hf_id(name) is not None else self._sp_id(name)
+            if idx is None:
+                continue
+            token = self.hf.special_tokens_map.get(f"{name}_token") if self.hf is not None else None
+            out[token if isinstance(token, str) else self.id_to_piece(idx)] = idx
+        if self.hf is not None:
+            size = self.sp.get_piece_size() if self.sp is not None else 0
+            for idx, token in self.hf.added_tokens_decoder.items():
+                if idx >= size:
+                    out.setdefault(token.content, idx)
+        return out
+
+    @cached_property
+    def _legacy_pattern(self) -> re.Pattern | None:
+        tokens = sorted(self.legacy_special_tokens, key=len, reverse=True)
+        return re.compile("(" + "|".join(re.escape(t) for t in tokens) + ")") if tokens else None
+
+    def _encode_legacy(self, text: str) -> list[int]:
+        """The slow `LlamaTokenizer` (legacy=True): the text is cut at special-token strings (leftmost,
+        longest first), each of those becomes its id, and every other non-empty part is encoded by
+        sentencepiece on its own, so each part gets its own dummy-prefix '▁'; the spaces next to a
+        special token stay in the neighbouring parts (these tokens do not strip)."""
+        if self.sp is None:
+            return self.hf.encode(text, add_special_tokens=False)
+        pattern = self._legacy_pattern
+        if pattern is None or not pattern.search(text):
+            return self.sp.encode(text)
+        ids: list[int] = []
+        for i, part in enumerate(pattern.split(text)):
+            if i % 2:
+                ids.append(self.legacy_special_tokens[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    def _decode_legacy(self, ids: list[int], skip_special: bool) -> str:
+        """The slow `LlamaTokenizer.decode` (legacy=True, transformers 4.x): special ids dropped when
+        `skip_special`; the pieces between added (non-special) tokens are joined by sentencepiece
+        after one leading '▁' is cut off the first piece, which sentencepiece's own decode then
+        follows by dropping a leading space of its own; those runs and the added tokens are joined
+        with ' ' (`spaces_between_special_tokens`). So a piece sequence that starts with a
+        whitespace piece ('▁▁▁▁') decodes to one space fewer than `sp.decode` gives."""
+        if self.sp is None:
+            return self.hf.decode(ids, skip_special_tokens=skip_special)
+        size = self.sp.get_piece_size()
+        named = {i for i in (self.bos_id, self.eos_id, self.unk_id, self._hf_id("pad"), self._sp_id("pad"))}
+        named.discard(None)
+        special_ids = set(named)  # all_special_ids: the named ones and the additional special tokens
+        if self.hf is not None:
+            special_ids |= {i for i, t in self.hf.added_tokens_decoder.items() if t.special and i >= size}
+        added = {i for i in self.legacy_special_tokens.values() if i >= size} - named
+        special_pieces = {self.id_to_piece(i) for i in special_ids}
+        texts: list[str] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                text = self._legacy_pieces_to_string(run, special_pieces)
+                if text:
+                    texts.append(text)
+                run.clear()
+
+        for idx in ids:
+            if skip_special and idx in special_ids:
+                continue
+            if idx in added:
+                flush()
+                texts.append(self.id_to_piece(idx))
+            else:
+                run.append(self.id_to_piece(idx))
+        if run:
+            texts.append(self._legacy_pieces_to_string(run, special_pieces))
+        text = " ".join(texts)
+        if getattr(self.hf, "clean_up_tokenization_spaces", False):
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
+                text = text.replace(a, b)
+            for a, b in ((" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text
+
+    def _legacy_pieces_to_string(self, pieces: list[str], special_pieces: set[str]) -> str:
+        """`LlamaTokenizer.convert_tokens_to_string` (legacy=True) of transformers 4.x."""
+        pieces = list(pieces)
+        if pieces[0].startswith("▁"):
+            pieces[0] = pieces[0][1:]
+        out, current, prev_special = "", [], False
+        for i, piece in enumerate(pieces):
+            if piece in special_pieces:
+                if not prev_special and i != 0:
+                    out += " "
+                out += self.sp.decode_pieces(current) + piece
+                prev_special, current = True, []
+            else:
+                current.append(piece)
+                prev_special = False
+        return out + self.sp.decode_pieces(current)
+
     # ---- text ------------------------------------------------------------------------------
-    def encode(self, text: str, bos: bool = False, eos: bool = False, special: bool = False) -> list[int]:
-        """Token ids of `text`; special-token strings in the text are plain text unless `special`."""
-        if special:
+    def encode(
+        self, text: str, bos: bool = False, eos: bool = False, special: bool = False, legacy: bool = False
+    ) -> list[int]:
+        """Token ids of `text`; special-token strings in the text are plain text unless `special`
+        (every special token, as chat templates are read) or `legacy` (the reference's
+        `LlamaTokenizer`, see `_encode_legacy`)."""
+        if legacy:
+            ids = self._encode_legacy(text)
+        elif special:
             ids = self._encode_special(text)
         elif self.sp is not None:
             ids = self.sp.encode(text)
@@ -159,12 +277,23 @@ class ZhTokenizer:
             ids = [*ids, self.eos_id]
         return ids
 
-    def encode_batch(self, texts: list[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+    def encode_batch(
+        self, texts: list[str], bos: bool = False, eos: bool = False, legacy: bool = False
+    ) -> list[list[int]]:
         if self.sp is not None and not bos and not eos:
-            return self.sp.encode(texts)
-        return [self.encode(t, bos=bos, eos=eos) for t in texts]
+            if not legacy or self._legacy_pattern is None:
+                return self.sp.encode(texts)
+            out = self.sp.encode(texts)  # texts without a special-token string encode as usual
+            for i, text in enumerate(texts):
+                if self._legacy_pattern.search(text):
+                    out[i] = self._encode_legacy(text)
+            return out
+        return [self.encode(t, bos=bos, eos=eos, legacy=legacy) for t in texts]
 
-    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special: bool = True, legacy: bool = False) -> str:
+        """Text of `ids`; `legacy`: as the reference's `LlamaTokenizer.decode` (see `_decode_legacy`)."""
+        if legacy:
+            return self._decode_legacy(list(ids), skip_special)
         specials = {i for i in (self.bos_id, self.eos_id, self.pad_id, self.unk_id) if i is not None}
         if self.sp is not None:
             size = self.sp.get_piece_size()
@@ -214,3 +343,18 @@ class ZhTokenizer:
 
 def load_tokenizer(path: str | Path) -> ZhTokenizer:
     return ZhTokenizer(path)
+
+
+def reference_encode(tokenizer, text: str, bos: bool = False) -> list[int]:
+    """`text` as the reference scripts' `LlamaTokenizer` reads it (`ZhTokenizer.encode(legacy=True)`);
+    a tokenizer without that switch (llama.cpp's, for .gguf models) parses special tokens its own way."""
+    if isinstance(tokenizer, ZhTokenizer):
+        return tokenizer.encode(text, bos=bos, legacy=True)
+    return tokenizer.encode(text, bos=bos, special=True)
+
+
+def reference_decode(tokenizer, ids, skip_special: bool = True) -> str:
+    """`ids` decoded as the reference's `LlamaTokenizer.decode` (`ZhTokenizer.decode(legacy=True)`)."""
+    if isinstance(tokenizer, ZhTokenizer):
+        return tokenizer.decode(list(ids), skip_special=skip_special, legacy=True)
+    return tokenizer.decode(list(ids), skip_special=skip_special)

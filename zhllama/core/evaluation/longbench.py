@@ -1,11 +1,20 @@
 """Run LongBench tasks as CLA2's `scripts/longbench/pred_llama2.py` + `eval.py` do, with greedy decoding.
 
+Text is tokenized and decoded as the reference's tokenizer does (`LlamaTokenizer`, legacy=True of
+transformers 4.x, through `ZhTokenizer.encode/decode(..., legacy=True)`): special-token strings inside the data
+(`</s>` quoted in code) are read as those tokens, and each decoded piece sequence loses one leading
+'▁' before sentencepiece joins it.
 Prompts longer than `max_length` tokens lose their middle exactly as the reference does it: the
 prompt is encoded with BOS, the first `max_length // 2` ids (BOS among them) and the last
-`max_length // 2` ids are decoded to text and joined, and that text is encoded again (with the
-template when one is used). LongBench-E (`e=True`) reads `{task}_e.jsonl` and reports each task's
-score per length bucket (0-4k, 4-8k, 8k+) besides the overall score.
-Deliberate difference: decoding is greedy (the reference samples at temperature 0.2), so reruns agree.
+`max_length // 2` ids are decoded to text (each half on its own, so a second half that starts with
+a whitespace piece keeps one space fewer) and joined, and that text is encoded again (with the
+template when one is used). Predictions are the generated ids decoded the same way (an answer that
+starts with indentation keeps one space fewer). samsum stops at the first newline, as the reference.
+LongBench-E (`e=True`) reads `{task}_e.jsonl` and reports each task's score per length bucket
+(0-4k, 4-8k, 8k+) besides the overall score.
+Deliberate differences: decoding is greedy (the reference samples at temperature 0.2), so reruns
+agree; `--template` applies the reference's `--with_inst auto` rule (no `--with_inst true`), and
+samsum may stop at once on a newline (the reference forbids stopping before one new token).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from zhllama.core.errors import UserError, unknown_choice
 from zhllama.core.evaluation.longbench_metrics import BUCKETS, length_bucket, score_sample
 from zhllama.core.evaluation.results import PredictionLog, check_output_folder, prompt_hash, write_json
 from zhllama.core.schema import option
+from zhllama.core.tokenizer import reference_decode, reference_encode
 
 NO_TEMPLATE_TASKS = ("trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p")  # the reference's with_inst=auto
 REFERENCE_MAX_LENGTH = 4096 - 512  # pred_llama2.py's default for a 4K model
@@ -67,23 +77,43 @@ class LongBenchSettings:
         return replace(self, tasks=",".join(tasks), max_length=max_length or REFERENCE_MAX_LENGTH)
 
 
+CLA2_TEMPLATE = "llama2-zh"  # pred_llama2.py's fill_llama2_prompt_template
+CLA2_INST = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} [/INST]"
+DECODING = "legacy-v1"  # part of each prediction's key: bump when prompt ids or decoding change
+
+
 def truncate_middle(tokenizer, prompt: str, max_length: int) -> str:
     """The prompt text, its middle cut as the reference does when it exceeds `max_length` tokens."""
-    ids = tokenizer.encode(prompt, bos=True)
+    ids = reference_encode(tokenizer, prompt, bos=True)
     if len(ids) <= max_length:
         return prompt
     half = max_length // 2
-    return tokenizer.decode(ids[:half], skip_special=True) + tokenizer.decode(ids[-half:], skip_special=True)
+    return reference_decode(tokenizer, ids[:half]) + reference_decode(tokenizer, ids[-half:])
 
 
 def build_ids(tokenizer, prompt: str, max_length: int, template, task: str, system: str | None = None) -> list[int]:
+    """BOS + the (middle-truncated) prompt, wrapped in `template` unless the task is one the
+    reference leaves bare; the reference's own template text is tokenized whole, as it does."""
     from zhllama.core.templates import Message, encode
 
     text = truncate_middle(tokenizer, prompt, max_length)
     if template is None or task in NO_TEMPLATE_TASKS:
-        return tokenizer.encode(text, bos=True)
+        return reference_encode(tokenizer, text, bos=True)
+    if template.name == CLA2_TEMPLATE:
+        system = system if system is not None else template.default_system
+        return reference_encode(tokenizer, CLA2_INST.format(system=system, instruction=text), bos=True)
     full, _ = encode(tokenizer, template.segments([Message("user", text)], system=system, add_generation_prompt=True))
     return full
+
+
+def stop_ids(tokenizer, task: str) -> tuple[int, ...]:
+    r"""EOS; for samsum also the id that ends `encode("\n")`, as the reference stops there."""
+    ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    if task == "samsum":
+        newline = reference_encode(tokenizer, "\n")
+        if newline:
+            ids.append(newline[-1])
+    return tuple(ids)
 
 
 def load_samples(benchmark, data_dir: Path, settings: LongBenchSettings) -> dict[str, list[dict]]:
@@ -119,6 +149,7 @@ def run_longbench(
             "max_length": settings.max_length,
             "template": settings.template,
             "system": settings.system_prompt,
+            "decoding": DECODING,
         }
         for sample in console.track(rows, f"longbench {task}"):
             try:
@@ -129,11 +160,12 @@ def run_longbench(
             phash = prompt_hash(key, ids)
             if not log.has(task, sample["_id"], phash):
                 params = GenerationParams(
-                    max_new_tokens=cfg["max_new_tokens"],
-                    greedy=True,
-                    stop_token_ids=tuple(i for i in (model.tokenizer.eos_id,) if i is not None),
+                    max_new_tokens=cfg["max_new_tokens"], greedy=True, stop_token_ids=stop_ids(model.tokenizer, task)
                 )
-                prediction = Reply(model, ids, params).run()
+                reply = Reply(model, ids, params)
+                reply.run()
+                # the reference: tokenizer.decode(output[context_length:], skip_special_tokens=True)
+                prediction = reference_decode(model.tokenizer, reply.token_ids)
                 score = score_sample(task, prediction, sample["answers"], sample.get("all_classes"))
                 record = {
                     "subject": task,

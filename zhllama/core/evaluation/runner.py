@@ -18,6 +18,7 @@ from zhllama.core.evaluation.results import (
     write_json,
 )
 from zhllama.core.schema import option
+from zhllama.core.tokenizer import reference_encode
 
 AUTO_BATCH_TOKENS = 8192  # auto batches: padded new tokens per forward pass
 AUTO_KV_TOKENS = 32768  # auto batches with a shared prefix: (prefix + suffix) tokens held in the KV cache
@@ -25,6 +26,7 @@ MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate prefix
 MODES = ("logits", "generate")
 CLA2_TEMPLATE = "llama2-zh"  # the only template the reference evaluators build
 CLA2_MAX_NEW_TOKENS = 20  # the reference's generation_config
+CLA2_SHOTS = 5  # the reference evaluators' --few_shot True --ntrain 5
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -33,7 +35,9 @@ class McqSettings:
     """The settings of one multiple-choice run (CLI flags are generated from these fields)."""
 
     split: str | None = option(None, "val / test / dev (default: val for ceval, test for cmmlu).")
-    shots: int = option(0, "Few-shot examples from dev (0-5), in file order.")
+    shots: int | None = option(
+        None, "Few-shot examples from dev (0-5), in file order (default 0; cla2: 5, as the reference)."
+    )
     template: str | None = option(None, "Wrap prompts in an sft template (cla2: llama2-zh, as the reference).")
     system_prompt: str | None = option(
         None, "System prompt inside --template (default: the template's; cla2: the reference evaluator's)."
@@ -41,7 +45,11 @@ class McqSettings:
     prompt_style: str = option(
         "default", "default, cla2 (the Chinese-LLaMA-Alpaca-2 evaluator, item for item) or official (cmmlu)."
     )
-    mode: str = option("logits", "logits (one forward pass per question) or generate (free text, letter extracted).")
+    mode: str | None = option(
+        None,
+        "logits (one forward pass per question) or generate (free text, letter extracted); default logits, "
+        "cla2: the reference script's (ceval: logits = its constrained decoding; cmmlu: generate).",
+    )
     batch_size: str = option("auto", "Questions per forward pass, or auto.")
     subjects: str | None = option(None, "Comma-separated subject keys (default: all).")
     limit: int | None = option(None, "At most N questions per subject (N >= 1).")
@@ -60,10 +68,13 @@ class McqSettings:
         split = self.split or benchmark.splits[0]
         if split not in benchmark.splits:
             raise UserError(f"--split: '{split}' is not one of {', '.join(benchmark.splits)} for {benchmark.name}")
-        if self.mode not in MODES:
-            raise unknown_choice("--mode", self.mode, MODES)
-        if not 0 <= self.shots <= 5:
-            raise UserError(f"--shots: {self.shots} must be between 0 and 5")
+        cla2 = self.prompt_style == "cla2"
+        mode = self.mode if self.mode is not None else (benchmark.cla2_mode if cla2 else "logits")
+        shots = self.shots if self.shots is not None else (CLA2_SHOTS if cla2 else 0)
+        if mode not in MODES:
+            raise unknown_choice("--mode", mode, MODES)
+        if not 0 <= shots <= 5:
+            raise UserError(f"--shots: {shots} must be between 0 and 5")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit: {self.limit} must be at least 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -83,7 +94,7 @@ class McqSettings:
         max_new = self.max_new_tokens or (
             CLA2_MAX_NEW_TOKENS if self.prompt_style == "cla2" else DEFAULT_MAX_NEW_TOKENS
         )
-        return replace(self, split=split, max_new_tokens=max_new)
+        return replace(self, split=split, shots=shots, mode=mode, max_new_tokens=max_new)
 
 
 def batch_size_of(spec: str) -> int | None:
@@ -115,7 +126,7 @@ def question_ids(benchmark, tokenizer, settings: McqSettings, template, q, shots
         if template is not None:
             system = settings.system_prompt if settings.system_prompt is not None else benchmark.cla2_system
         # the reference tokenizes the whole text at once (LlamaTokenizer, legacy=True), BOS first
-        return tokenizer.encode(mcq.cla2_prompt(q, shots, q.subject, system), bos=True)
+        return reference_encode(tokenizer, mcq.cla2_prompt(q, shots, q.subject, system), bos=True)
     text = mcq.build_prompt(q, shots, benchmark.header(q.subject, names, settings.prompt_style))
     return encode_prompt(tokenizer, text, template, settings.system_prompt)
 

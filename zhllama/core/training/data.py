@@ -1,4 +1,4 @@
-"""Training data built with `datasets` end to end: the corpus never sits in Python lists.
+r"""Training data built with `datasets` end to end: the corpus never sits in Python lists.
 
 Pre-training (`pretrain_dataset`):
 1. every input file is read line by line in chunks of about `CHUNK_BYTES`; each chunk's documents
@@ -9,12 +9,18 @@ Pre-training (`pretrain_dataset`):
 2. the cached documents are grouped into blocks on Arrow/numpy batches and cached too (key: the
    per-file keys, block size, grouping).
 
+Lines are split as `datasets`' `text` loader splits them: only '\n', '\r\n' and '\r' end a line.
+
 Two groupings: `stream` (default) concatenates every document of every file into one stream and
 cuts it into full blocks (only the final remainder is dropped); `cla2` reproduces
 Chinese-LLaMA-Alpaca-2's `run_clm_pt_with_peft.py` exactly: each file on its own, blank lines
-kept as (empty) documents, `group_texts` over each batch of 1000 lines (its remainder dropped,
-a batch shorter than one block kept as one short block). `--doc-separator eos|none` decides
-whether a document ends with EOS (every document starts with BOS).
+kept as (empty) documents, special-token strings in the text read as its LlamaTokenizer reads
+them (`</s>` in a line is EOS), `group_texts` over each batch of 1000 lines (its remainder
+dropped, a batch shorter than one block kept as one short block), the batches laid out as
+`datasets.map(num_proc=workers)` lays them out: each worker's contiguous shard batched from its
+own start, so each shard drops its own remainders (`--preprocessing-workers` plays the part of
+CLA2's `--preprocessing_num_workers`; 1 is the script's default, its run_pt.sh uses 8).
+`--doc-separator eos|none` decides whether a document ends with EOS (every document starts with BOS).
 
 SFT (`sft_dataset`): JSONL is streamed line by line and JSON arrays are decoded incrementally
 (one record at a time); records are validated in that pass (errors name file and record), then
@@ -35,7 +41,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 
 from zhllama.core.errors import UserError
@@ -46,7 +52,8 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 RECORD_SUFFIXES = (".json", ".jsonl")
 CHUNK_BYTES = 16 << 20  # text read (and tokenised by one `map`) at a time
 MAP_BATCH = 1000  # rows per `map` batch (also CLA2's group_texts batch)
-FORMAT_VERSION = 2  # part of every cache key: bump when the cached layout or semantics change
+FORMAT_VERSION = 3  # part of every cache key: bump when the cached layout or semantics change
+# 3: lines split as datasets' text loader (not str.splitlines); cla2 grouping reads special-token strings
 DOC_SEPARATORS = ("eos", "none")
 GROUPINGS = ("stream", "cla2")
 
@@ -187,10 +194,21 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str, int]]:
                 raise UserError(f"{path}:{n}: not UTF-8 text") from exc
 
 
-def iter_documents(path: Path, keep_blank: bool = False) -> Iterator[tuple[str, int]]:
-    """(document, bytes read) for a .txt (one per line) or .jsonl (`text` field) file.
+def split_lines(line: str) -> list[str]:
+    r"""One line as read from a file (ending in '\n' or at the end of the file), split into lines
+    as `datasets`' `text` loader splits a file: only '\n', '\r\n' and a lone '\r' end a line
+    (universal newlines); U+2028, U+2029, '\x85', '\x0b', '\x0c', '\x1c'-'\x1e' stay inside it."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    if line.endswith("\r"):
+        line = line[:-1]
+    return line.split("\r")
 
-    Lines split as `str.splitlines()` of the whole file does (universal newlines, U+2028 ...);
+
+def iter_documents(path: Path, keep_blank: bool = False) -> Iterator[tuple[str, int]]:
+    r"""(document, bytes read) for a .txt (one per line) or .jsonl (`text` field) file.
+
+    Lines split as `datasets`' `text` loader does (`split_lines`: '\n', '\r\n', '\r' only);
     blank lines are skipped unless `keep_blank` (CLA2's `text` loader keeps them).
     """
     jsonl = path.suffix == ".jsonl"
@@ -208,7 +226,7 @@ def iter_documents(path: Path, keep_blank: bool = False) -> Iterator[tuple[str, 
             yield record["text"], size
             continue
         first = True
-        for piece in line.splitlines():  # never empty: a line read from a file has a character
+        for piece in split_lines(line):
             if keep_blank or piece.strip():
                 yield piece, size if first else 0
             elif first:
@@ -247,20 +265,21 @@ def register_tokenizer(tokenizer: ZhTokenizer) -> str:
     return str(tokenizer.path)
 
 
-def encode_documents(texts: list[str], tokenizer: ZhTokenizer, eos: bool) -> list[list[int]]:
-    """BOS + text (+ EOS): exactly `tokenizer.encode(text, bos=True, eos=eos)` per document."""
+def encode_documents(texts: list[str], tokenizer: ZhTokenizer, eos: bool, legacy: bool = False) -> list[list[int]]:
+    """BOS + text (+ EOS): exactly `tokenizer.encode(text, bos=True, eos=eos, legacy=legacy)` per document
+    (`legacy`: special-token strings read as the reference's LlamaTokenizer does, for `cla2`)."""
     bos_ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
     eos_ids = [tokenizer.eos_id] if eos and tokenizer.eos_id is not None else []
-    return [bos_ids + ids + eos_ids for ids in tokenizer.encode_batch(texts)]
+    return [bos_ids + ids + eos_ids for ids in tokenizer.encode_batch(texts, legacy=legacy)]
 
 
-def _encode_text_batch(batch, tokenizer_path: str, eos: bool):
+def _encode_text_batch(batch, tokenizer_path: str, eos: bool, legacy: bool = False):
     """A pyarrow batch of texts -> a pyarrow table of token ids (the dataset is in arrow format)."""
     import numpy as np
     import pyarrow as pa
 
     tokenizer = _tokenizer(tokenizer_path)
-    raw = tokenizer.encode_batch(batch.column("text").to_pylist())
+    raw = tokenizer.encode_batch(batch.column("text").to_pylist(), legacy=legacy)
     # BOS + ids (+ EOS) per document, as `encode_documents`, placed with numpy instead of list copies
     bos = tokenizer.bos_id
     end = tokenizer.eos_id if eos else None
@@ -363,9 +382,17 @@ def pretrain_file_key(tok_hash: str, path: Path, separator: str, grouping: str) 
 
 
 def tokenize_text_file(
-    path: Path, tokenizer: ZhTokenizer, eos: bool, keep_blank: bool, folder: Path, workers: int, progress=None
+    path: Path,
+    tokenizer: ZhTokenizer,
+    eos: bool,
+    keep_blank: bool,
+    folder: Path,
+    workers: int,
+    progress=None,
+    legacy: bool = False,
 ) -> list[str]:
-    """Tokenise one text file into Arrow parts in `folder` (one row per document); part names."""
+    """Tokenise one text file into Arrow parts in `folder` (one row per document); part names.
+    `legacy`: special-token strings in the text become those tokens, as CLA2's LlamaTokenizer reads them."""
 
     tok_path = register_tokenizer(tokenizer)
     parts = ArrowParts(folder)
@@ -375,7 +402,7 @@ def tokenize_text_file(
             mapped = _map(
                 chunk,
                 _encode_text_batch,
-                {"tokenizer_path": tok_path, "eos": eos},
+                {"tokenizer_path": tok_path, "eos": eos, "legacy": legacy},
                 workers,
                 folder / f"docs-{i:05d}.arrow",
                 cache_key(folder.name, i)[:20],
@@ -412,10 +439,10 @@ def group_cla2(flat, block_size: int):
     return flat[:total], np.array(lengths, dtype=np.int64)
 
 
-def read_id_batches(folder: Path, rows: int | None = None, column: str = "input_ids"):
+def read_id_batches(folder: Path, rows: int | Iterable[int] | None = None, column: str = "input_ids"):
     """(flat ids, row lengths) numpy pairs of a part store, read with plain file reads (no mmap: the
     pages of a corpus-sized cache never count toward this process's RSS); `rows`: exactly that many
-    rows per batch (the last one shorter)."""
+    rows per batch (the last one shorter), or the row count of each batch in turn."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -430,22 +457,39 @@ def read_id_batches(folder: Path, rows: int | None = None, column: str = "input_
     if rows is None:
         yield from raw()
         return
+    sizes = repeat(rows) if isinstance(rows, int) else iter(rows)
+    want = next(sizes, None)
     flats, lens, held = [], [], 0
     for flat, lengths in raw():
         flats.append(flat)
         lens.append(lengths)
         held += len(lengths)
-        while held >= rows:
+        while want is not None and held >= want:
             flat, lengths = np.concatenate(flats), np.concatenate(lens)
-            cut = int(lengths[:rows].sum())
-            yield flat[:cut], lengths[:rows]
-            flats, lens, held = [flat[cut:]], [lengths[rows:]], held - rows
+            cut = int(lengths[:want].sum())
+            yield flat[:cut], lengths[:want]
+            flats, lens, held = [flat[cut:]], [lengths[want:]], held - want
+            want = next(sizes, None)
     if held:
         yield np.concatenate(flats), np.concatenate(lens)
 
 
-def write_blocks(doc_folders: list[Path], block_size: int, grouping: str, folder: Path) -> list[str]:
-    """Group per-file document stores into blocks; Arrow parts in `folder`."""
+def cla2_batch_rows(rows: int, workers: int) -> list[int]:
+    """Row counts of the batches CLA2's `group_texts` sees over one file of `rows` lines, run by
+    `datasets.map(batched=True, num_proc=workers)`: the rows are cut into `workers` contiguous
+    shards (fewer when the file has fewer rows; the first `rows % n` shards one row longer), and
+    each shard is mapped in batches of 1000 from its own start, its last batch shorter."""
+    shards = max(1, min(workers, rows))
+    out = []
+    for i in range(shards):
+        size = rows // shards + (1 if i < rows % shards else 0)
+        out += [MAP_BATCH] * (size // MAP_BATCH) + ([size % MAP_BATCH] if size % MAP_BATCH else [])
+    return out
+
+
+def write_blocks(doc_folders: list[Path], block_size: int, grouping: str, folder: Path, workers: int = 1) -> list[str]:
+    """Group per-file document stores into blocks; Arrow parts in `folder`. With `cla2` grouping
+    each file's lines are batched as CLA2's `group_texts` over `workers` processes sees them."""
     import numpy as np
     import pyarrow as pa
 
@@ -457,7 +501,8 @@ def write_blocks(doc_folders: list[Path], block_size: int, grouping: str, folder
 
     if grouping == "cla2":
         for docs in doc_folders:
-            for flat, _ in read_id_batches(docs, rows=MAP_BATCH):
+            sizes = cla2_batch_rows(len(load_parts(docs)), workers)
+            for flat, _ in read_id_batches(docs, rows=sizes):
                 emit(*group_cla2(flat, block_size))
         return parts.names
 
@@ -499,15 +544,16 @@ def pretrain_dataset(
         files,
         keys,
         lambda f, tmp, progress: tokenize_text_file(
-            f, tokenizer, separator == "eos", grouping == "cla2", tmp, workers, progress
+            f, tokenizer, separator == "eos", grouping == "cla2", tmp, workers, progress, legacy=grouping == "cla2"
         ),
     )
     doc_folders = [folder for folder, docs in stored if docs is not None and len(docs)]
     if not doc_folders:
         raise UserError(f"{', '.join(map(str, files))}: no text found (empty data)")
-    block_key = cache_key("pretrain-blocks", keys, block_size, grouping)
+    shards = workers if grouping == "cla2" else None  # CLA2's blocks depend on its worker count
+    block_key = cache_key("pretrain-blocks", keys, block_size, grouping, shards)
     blocks, _ = cached_parts(
-        cache / "blocks" / block_key, lambda tmp: write_blocks(doc_folders, block_size, grouping, tmp)
+        cache / "blocks" / block_key, lambda tmp: write_blocks(doc_folders, block_size, grouping, tmp, workers)
     )
     if blocks is None:
         total = sum(len(flat) for folder in doc_folders for flat, _ in read_id_batches(folder))
@@ -552,7 +598,8 @@ def _stream_blocks(files: list[str], tokenizer_path: str, block_size: int, eos: 
             yield batch
 
     def flat(texts):
-        return np.fromiter((i for ids in encode_documents(texts, tokenizer, eos) for i in ids), dtype=np.int32)
+        ids = encode_documents(texts, tokenizer, eos, legacy=grouping == "cla2")
+        return np.fromiter((i for row in ids for i in row), dtype=np.int32)
 
     if grouping == "cla2":
         for path in files:
@@ -656,7 +703,7 @@ def iter_records(path: Path) -> Iterator[tuple[int, object, int]]:
         return
     index = 0
     for _, line, size in _utf8_lines(path):
-        for piece in line.splitlines() or [""]:
+        for piece in split_lines(line):  # a raw U+2028 inside a JSON string is not a line break
             if piece.strip():
                 try:
                     yield index, json.loads(piece), size

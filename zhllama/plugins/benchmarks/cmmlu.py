@@ -29,6 +29,7 @@ class CMMLU(Exam):
     splits = ("test", "dev")
     prompt_styles = ("default", "cla2", "official")
     cla2_system = "你是一个乐于助人的助手。"  # the CLA2 CMMLU evaluator's (Chinese sentence only)
+    cla2_mode = "generate"  # the CLA2 CMMLU evaluator's default --constrained_decoding False
     columns = {"id": "", "question": "Question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "Answer"}
 
     @classmethod

@@ -17,6 +17,7 @@ class Exam(BenchmarkPlugin):
     splits: tuple[str, ...] = ()  # the first is the default
     prompt_styles: tuple[str, ...] = ("default", "cla2")
     cla2_system = "You are a helpful assistant. 你是一个乐于助人的助手。"  # the CLA2 C-Eval evaluator's
+    cla2_mode = "logits"  # the CLA2 C-Eval evaluator's default --constrained_decoding True
     shipped_mapping = ""
     columns: dict[str, str] = {}
 
