@@ -338,9 +338,26 @@ def gguf_window_nll(llama_cpp, ctx, n_vocab: int, ids: list[int], context: int, 
     """NLL over the windows with llama.cpp's C API: one decode per window, logits only where scored."""
     import numpy as np
 
+    total, count = 0.0, 0
+    for targets, rows in gguf_window_logits(llama_cpp, ctx, n_vocab, ids, context, stride):
+        top = rows.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(rows - top).sum(axis=1, dtype=np.float32)) + top[:, 0]
+        total += float((log_z - rows[np.arange(len(targets)), targets]).sum(dtype=np.float64))
+        count += len(targets)
+        if advance is not None:
+            advance(len(targets))
+    return total, count
+
+
+def gguf_window_logits(llama_cpp, ctx, n_vocab: int, ids: list[int], context: int, stride: int):
+    """(targets, logits rows predicting them) per window, as `gguf_window_nll` scores them.
+
+    The rows are a view of llama.cpp's logits buffer: valid until the next window is decoded.
+    """
+    import numpy as np
+
     batch = llama_cpp.llama_batch_init(context, 0, 1)
     memory = llama_cpp.llama_get_memory(ctx)
-    total, count = 0.0, 0
     try:
         for begin, end, new in windows(len(ids), context, stride):
             n = end - begin
@@ -357,13 +374,6 @@ def gguf_window_nll(llama_cpp, ctx, n_vocab: int, ids: list[int], context: int, 
             if llama_cpp.llama_decode(ctx, batch) != 0:
                 raise RuntimeError(f"llama_decode failed on the window at token {begin}")
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(new, n_vocab))
-            top = rows.max(axis=1, keepdims=True)
-            log_z = np.log(np.exp(rows - top).sum(axis=1, dtype=np.float32)) + top[:, 0]
-            targets = np.asarray(ids[end - new : end])
-            total += float((log_z - rows[np.arange(new), targets]).sum(dtype=np.float64))
-            count += new
-            if advance is not None:
-                advance(new)
+            yield np.asarray(ids[end - new : end]), rows
     finally:
         llama_cpp.llama_batch_free(batch)
-    return total, count

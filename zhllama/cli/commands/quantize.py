@@ -22,7 +22,13 @@ EXAMPLES = {
     "4bit": ("zhllama quantize 4bit --model merged --output merged-nf4",),
     "8bit": ("zhllama quantize 8bit --model merged --output merged-int8",),
     "gptq": ("zhllama quantize gptq --model merged --bits 4 --calibration zh.txt --samples 128 --output merged-gptq",),
+    "awq": ("zhllama quantize awq --model merged --calibration zh.txt --output merged-awq --eval-ppl zh.txt",),
 }
+EXAMPLES["gguf"] += (
+    "zhllama quantize gguf --model merged --type IQ4_XS --imatrix-data builtin --imatrix-output merged.imatrix.gguf "
+    "--output model-iq4_xs.gguf",
+    "zhllama quantize gguf --model merged --type Q4_K_M --imatrix merged.imatrix.gguf --output model-q4_k_m.gguf",
+)
 
 app = typer.Typer(
     help="Quantize a model with a plugin; prints and writes size (and PPL) before/after.", no_args_is_help=True
@@ -93,6 +99,74 @@ def method_command(method: str, options_class: type):
     return with_options(options_class, "options")(command)
 
 
+def compare_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="HF folder, hub id or Meta/TencentPretrain folder.")],
+    types: Annotated[
+        str,
+        typer.Option("--types", help="Comma-separated GGUF types; TYPE+imatrix quantizes with an importance matrix."),
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Text file scored by every type (same token ids).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for compare.json, compare.png (and --keep-files GGUFs).")
+    ],
+    base: Annotated[
+        str, typer.Option("--base", help="Reference the KL-divergence is measured to: F16, F32 or BF16.")
+    ] = "F16",
+    context: Annotated[int, typer.Option("--context", help="Window length (disjoint windows).")] = 512,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Score only the first N tokens of --data.")
+    ] = None,
+    imatrix: Annotated[
+        Path | None, typer.Option("--imatrix", help="Importance matrix for the +imatrix types (llama.cpp's file).")
+    ] = None,
+    imatrix_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--imatrix-data", help="Calibration text for the +imatrix types (default: the shipped zh+en text)."
+        ),
+    ] = None,
+    keep_files: Annotated[bool, typer.Option("--keep-files", help="Keep the GGUF files in --output.")] = False,
+    force: Force = False,
+) -> None:
+    """Size, PPL, KL-divergence and top-1 agreement of GGUF types against the unquantized model (llama.cpp)."""
+    import shutil
+    import tempfile
+
+    from zhllama.core.atomic import atomic_dir, check_output_dir
+    from zhllama.core.checkpoint.sources import resolve_model
+    from zhllama.core.paths import check_output
+    from zhllama.core.quantize import compare
+
+    variants = compare.parse_types(types)
+    if max_tokens is not None and max_tokens < 2:
+        raise UserError(f"--max-tokens: {max_tokens} must be at least 2")
+    model_dir = resolve_model(model, folder_only=True)
+    check_output(output, [model_dir, data, imatrix, imatrix_data])
+    check_output_dir(output, force)
+    calibration = compare.check_inputs(model_dir, data, variants, base.upper(), context, imatrix, imatrix_data)
+    with atomic_dir(output, force=force) as tmp:
+        work = tmp if keep_files else Path(tempfile.mkdtemp(dir=tmp, prefix=".gguf-"))
+        try:
+            result = compare.compare(
+                model_dir, data, variants, work, base.upper(), context, max_tokens, imatrix, calibration
+            )
+        finally:
+            if not keep_files:
+                shutil.rmtree(work, ignore_errors=True)
+        if not keep_files and result.imatrix.get("file", "").startswith(str(work)):
+            result.imatrix["file"] = None  # computed in the removed work folder
+        compare.write_outputs(result, tmp)
+    summary = (
+        f"{result.tokens_scored} tokens of {data} (context {context}) through {result.backend}; "
+        f"KL-divergence and top-1 agreement against {result.base}; plot: {output / 'compare.png'}"
+    )
+    console.emit(
+        result.as_dict(),
+        console.table("quantize compare", compare.COLUMNS, compare.table_rows(result)),
+        summary,
+    )
+
+
 def broken_command(error: UserError):
     """The command of a plugin that cannot be loaded: says why when used (the CLI still builds)."""
 
@@ -112,4 +186,12 @@ def register(root: typer.Typer) -> None:
         command = method_command(name, plugin.Options)
         epilog = examples(*EXAMPLES.get(name, (f"zhllama quantize {name} --model merged --output out",)))
         app.command(name, help=plugin.description, epilog=epilog)(command)
+    app.command(
+        "compare",
+        help="Size, PPL, KL-divergence and top-1 agreement of GGUF types vs the unquantized model, one table + plot.",
+        epilog=examples(
+            "zhllama quantize compare --model merged --types Q8_0,Q4_K_M,Q4_K_M+imatrix,IQ4_XS+imatrix "
+            "--data zh.txt --output cmp"
+        ),
+    )(compare_command)
     root.add_typer(app, name="quantize")
