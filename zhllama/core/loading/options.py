@@ -84,6 +84,7 @@ class ModelOptions:
     context_length: int | None = option(None, "Usable context in tokens (default: from the model).")
     gpu_layers: str = option("auto", "llama.cpp: layers offloaded to the GPU: N, all, or auto.")
     threads: int | None = option(None, "llama.cpp: CPU threads (default: llama.cpp's choice).")
+    tensor_parallel: int = option(1, "vLLM: GPUs to split the model over (tensor parallelism).", "--tensor-parallel")
 
     def validated(self) -> ModelOptions:
         """A copy with canonical spellings; raises `UserError` naming the first bad option."""
@@ -99,6 +100,10 @@ class ModelOptions:
             raise UserError(f"--context-length: must be at least 1, got {self.context_length}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads: must be at least 1, got {self.threads}")
+        if self.tensor_parallel < 1:
+            raise UserError(f"--tensor-parallel: must be at least 1, got {self.tensor_parallel}")
+        if self.tensor_parallel > 1 and self.engine != "vllm":
+            raise UserError(f"--tensor-parallel {self.tensor_parallel}: only --engine vllm splits a model over GPUs")
         parse_gpu_layers(self.gpu_layers)
         return dataclasses.replace(
             self,
