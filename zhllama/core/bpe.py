@@ -508,6 +508,17 @@ def merge(
     return report
 
 
+SPECIAL_PRESETS: dict[str, dict] = {
+    "none": {"tokens": ()},
+    "llama3": {
+        "tokens": ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "bos": "<|begin_of_text|>",
+        "eos": "<|end_of_text|>",
+    },
+    "chatml": {"tokens": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "eos": "<|im_end|>", "pad": "<|endoftext|>"},
+}
+
+
 # ---- train ---------------------------------------------------------------------------------------------
 @dataclass
 class ByteBpeTrainResult:
@@ -525,17 +536,27 @@ def train(
     output: str | Path,
     base: str | Path | None = None,
     min_frequency: int = 2,
+    max_token_length: int | None = 24,
+    special_tokens: str = "none",
     force: bool = True,
 ) -> ByteBpeTrainResult:
     """Train a byte-level BPE vocabulary with `tokenizers`' BpeTrainer, streaming the corpus.
 
     With `base`, the base's normalizer and pre-tokenizer are used (so the new tokens fit the base's
-    pre-tokens when merged); else GPT-2's regex with ByteLevel.
+    pre-tokens when merged); else GPT-2's regex with ByteLevel. `max_token_length` (in bytes;
+    None: no limit) keeps tokens short: pre-tokenizers that keep a run of CJK characters as one
+    pre-token let repeated phrases become tokens, and llama-cpp-python's `detokenize` renders at
+    most 32 bytes per token (longer ones come back empty).
+
+    An `output` ending in `.json` is the tokenizer.json file (a vocabulary to `vocab merge`); else a
+    tokenizer folder (tokenizer.json + tokenizer_config.json) that `tiny-model` and the training
+    commands take, with the special tokens of `special_tokens` (`llama3`: Llama-3's, BOS added
+    by the post-processor; `chatml`: Qwen's) after the trained vocabulary.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from zhllama.core import console
-    from zhllama.core.atomic import atomic_path, check_output_file
+    from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir, check_output_file
 
     files = [Path(f) for f in inputs]
     if not files:
@@ -543,10 +564,20 @@ def train(
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size <= len(alphabet):
         raise UserError(f"--vocab-size: {vocab_size} must be above the {len(alphabet)} byte tokens of a byte-level BPE")
+    if special_tokens not in SPECIAL_PRESETS:
+        raise UserError(f"--special-tokens: '{special_tokens}' is not one of {', '.join(SPECIAL_PRESETS)}")
+    as_file = Path(output).suffix == ".json"
+    if as_file and special_tokens != "none":
+        raise UserError("--special-tokens: give a folder as --output (a .json output is a bare vocabulary to merge)")
     if min_frequency < 1:
         raise UserError(f"--min-frequency: {min_frequency} must be at least 1")
+    if max_token_length is not None and max_token_length < 2:
+        raise UserError(f"--max-token-length: {max_token_length} must be at least 2")
     check_output(output, [*files, *([base] if base else [])])
-    check_output_file(Path(output), force)
+    if as_file:
+        check_output_file(Path(output), force)
+    else:
+        check_output_dir(Path(output), force)
     base_bpe = ByteBpe.load(base, role="--base") if base is not None else None
     lines = sizes = 0
     for f in files:
@@ -569,6 +600,7 @@ def train(
         initial_alphabet=alphabet,
         special_tokens=[],
         show_progress=False,
+        max_token_length=max_token_length,
     )
     from rich.progress import TransferSpeedColumn
 
@@ -585,8 +617,28 @@ def train(
 
         tokenizer.train_from_iterator(stream(), trainer=trainer, length=lines)
     seconds = time.perf_counter() - start
-    with atomic_path(output, force=force) as tmp:
-        tokenizer.save(str(tmp))
+    if as_file:
+        with atomic_path(output, force=force) as tmp:
+            tokenizer.save(str(tmp))
+    else:
+        preset = SPECIAL_PRESETS[special_tokens]
+        tokenizer.add_special_tokens(list(preset["tokens"]))
+        if preset.get("bos"):
+            from tokenizers import processors
+
+            bos = preset["bos"]
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+            )
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 8192,
+            "clean_up_tokenization_spaces": False,
+        }
+        config.update({f"{k}_token": v for k, v in preset.items() if k in ("bos", "eos", "pad") and v})
+        with atomic_dir(output, force=force) as tmp:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+            (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     mb = sizes / 1e6
     return ByteBpeTrainResult(str(output), tokenizer.get_vocab_size(), seconds, mb, mb / seconds if seconds else 0.0)
 

@@ -30,6 +30,8 @@ TIES_WARNING = (
         "zhllama vocab train --input a.txt --input b.txt --vocab-size 8000 --model-type unigram --output zh.model",
         "zhllama vocab train --kind byte-bpe --base smollm2_dir --input zh_corpus.txt --vocab-size 8000 "
         "--output zh_bpe.json",
+        "zhllama vocab train --kind byte-bpe --special-tokens llama3 --input zh_corpus.txt --vocab-size 8000 "
+        "--output llama3_style_tokenizer",
     ),
 )
 def train_cmd(
@@ -38,7 +40,10 @@ def train_cmd(
         int, typer.Option("--vocab-size", help="Number of pieces (byte-bpe: tokens, 256 bytes included).")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the .model file (byte-bpe: a tokenizer.json file).")
+        Path,
+        typer.Option(
+            "--output", "-o", help="The .model file (byte-bpe: a .json tokenizer file, or a tokenizer folder)."
+        ),
     ],
     kind: Annotated[
         str, typer.Option("--kind", help="sentencepiece (LLaMA-1/2) or byte-bpe (Llama-3, Qwen, SmolLM2).")
@@ -48,6 +53,15 @@ def train_cmd(
         typer.Option("--base", help="byte-bpe: take the normalizer and pre-tokenizer of this tokenizer.json/folder."),
     ] = None,
     min_frequency: Annotated[int, typer.Option("--min-frequency", help="byte-bpe: a merge must occur this often.")] = 2,
+    max_token_length: Annotated[
+        int, typer.Option("--max-token-length", help="byte-bpe: longest token in bytes (0: no limit).")
+    ] = 24,
+    special_tokens: Annotated[
+        str,
+        typer.Option(
+            "--special-tokens", help="byte-bpe folder output: none, llama3 or chatml special tokens after the vocab."
+        ),
+    ] = "none",
     model_type: Annotated[str | None, typer.Option("--model-type", help="sentencepiece: unigram or bpe.")] = None,
     character_coverage: Annotated[
         float | None, typer.Option("--character-coverage", help="sentencepiece: share of characters covered.")
@@ -75,7 +89,16 @@ def train_cmd(
         if given:
             raise UserError(f"{given[0]}: a sentencepiece option; --kind byte-bpe does not take it")
         console.log(f"training a byte-level BPE vocabulary of {vocab_size} tokens ...")
-        result = bpe.train(input, vocab_size, output, base=base, min_frequency=min_frequency, force=force)
+        result = bpe.train(
+            input,
+            vocab_size,
+            output,
+            base=base,
+            min_frequency=min_frequency,
+            max_token_length=max_token_length or None,
+            special_tokens=special_tokens,
+            force=force,
+        )
         rows = [(result.output, result.pieces, result.seconds, result.mb_per_second)]
         console.emit(result.__dict__, console.table("vocab train", ["output", "tokens", "seconds", "MB/s"], rows))
         return

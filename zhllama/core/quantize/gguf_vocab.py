@@ -9,7 +9,8 @@ Two tokenizer kinds, as in the converter's `LlamaModel.set_vocab`:
   special like `<|...|>`) or USER_DEFINED.
 - byte-level BPE (`tokenizer.json` only, e.g. SmolLM2): llama.cpp's 'gpt2' tokenizer, the vocab as
   transformers' tokenizer reports it, merges, and the pre-tokenizer type found by llama.cpp's own
-  hash of the tokenization of a check text (`llama_cpp_pre`).
+  hash of the tokenization of a check text (`llama_cpp_pre`); for a vocabulary extended by
+  `zhllama vocab merge`, the base's name recorded in tokenizer_config.json (`merged_base_pre`).
 
 Special ids, add-BOS/EOS flags, merges and the chat template come from gguf-py's `SpecialVocab`
 (the converter's own reader), with the one rule of the newer llama.cpp it lacks: a byte-level
@@ -88,10 +89,33 @@ def pre_tokenizer(model_dir: Path, tokenizer) -> str:
     digest = sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     if digest in PRE_TOKENIZERS:
         return PRE_TOKENIZERS[digest]
+    recorded = merged_base_pre(model_dir)
+    if recorded is not None:
+        return recorded
     raise UserError(
         f"{model_dir / 'tokenizer.json'}: llama.cpp does not know this BPE pre-tokenizer (check hash "
         f"{digest[:16]}...); its converter refuses it too, and a wrong guess would split text differently"
     )
+
+
+def merged_base_pre(model_dir: Path) -> str | None:
+    """The base's pre-tokenizer name that `zhllama vocab merge` recorded for an extended byte-level BPE.
+
+    New tokens change the ids of llama.cpp's check text (it has Chinese), so the hash no longer
+    names the pre-tokenizer; the regex is still the base's, whose name the merge looked up.
+    """
+    from zhllama.core.bpe import RECORD_KEY
+    from zhllama.core.quantize.llama_cpp_pre import PRE_TOKENIZERS
+
+    record = _json(model_dir / "tokenizer_config.json").get(RECORD_KEY)
+    name = record.get("llama_cpp_pre") if isinstance(record, dict) else None
+    if name is None:
+        return None
+    if name not in set(PRE_TOKENIZERS.values()):
+        raise UserError(
+            f"{model_dir / 'tokenizer_config.json'}: {RECORD_KEY}.llama_cpp_pre '{name}' is not a llama.cpp pre-tokenizer"
+        )
+    return name
 
 
 def byte_level_vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
