@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 
 import pytest
 import torch
@@ -195,7 +196,7 @@ def test_hub_ids_resolve_offline_through_the_cache(tmp_path, tiny_base_model, mo
 
 
 def test_gguf_and_hf_folders_are_returned_as_is(tmp_path, tiny_base_model):
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a valid, empty GGUF header
     assert resolve_model(tmp_path / "m.gguf") == tmp_path / "m.gguf"
     assert resolve_model(tiny_base_model) == tiny_base_model
     with pytest.raises(UserError, match="GGUF file; this command needs an HF model folder"):

@@ -204,3 +204,190 @@ def test_truncated_bin_shard_refused(tmp_path, tiny_base_model, adapter, run_cli
     assert code == 2 and err.count("\n") == 1, err
     assert f"{model / 'pytorch_model.bin'}: cannot be read as a PyTorch checkpoint" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- one validation step for every loading path (issue 24 point 1) -------------------------------
+from zhllama.core.checkpoint import validate  # noqa: E402
+
+
+class _Mkdir:
+    """A pickled object whose loading would create a folder: evidence that pickle code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def evil_pickle(path, marker):
+    torch.save({"weight": torch.zeros(2), "payload": _Mkdir(marker)}, path)
+
+
+def test_refused_pickle_is_one_line_naming_file_why_and_what_to_do(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "adapter_model.bin"
+    evil_pickle(evil, marker)
+    with pytest.raises(UserError) as info:
+        validate.load_pickle(evil)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{evil}: refused by torch.load(weights_only=True)")
+    assert "mkdir" in message and "safetensors" in message
+    assert not marker.exists()  # nothing ran
+
+
+def test_pickles_of_plain_tensors_pass_in_zip_and_legacy_format(tmp_path):
+    state = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)}
+    torch.save(state, tmp_path / "zip.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    for name in ("zip.bin", "legacy.bin"):
+        assert validate.check_pickle(tmp_path / name) == {"a", "b"}
+        loaded = validate.load_pickle(tmp_path / name)
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+    torch.save([torch.ones(1)], tmp_path / "list.bin")
+    with pytest.raises(UserError, match=r"list\.bin: not a flat dict of tensors"):
+        validate.check_pickle(tmp_path / "list.bin")
+
+
+def _sharded(model, names=("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")):
+    """Split model.safetensors into two shards plus an index; returns the index dict."""
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    keys = sorted(state)
+    half = len(keys) // 2
+    parts = {names[0]: keys[:half], names[1]: keys[half:]}
+    for name, part in parts.items():
+        save_file({k: state[k] for k in part}, str(model / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, part in parts.items() for k in part}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    return index
+
+
+def test_sharded_folder_passes_and_index_entries_must_stay_inside(tmp_path, tiny_base_model):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base_model, model)
+    index = _sharded(model)
+    assert validate.validate_model_dir(model) == model
+    # an entry naming a file outside the folder: refused, even though the file exists and is valid
+    outside = tmp_path / "x.safetensors"
+    shutil.move(model / "model-00002-of-00002.safetensors", outside)
+    index["weight_map"] = {
+        k: ("../x.safetensors" if v == "model-00002-of-00002.safetensors" else v)
+        for k, v in index["weight_map"].items()
+    }
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"names '\.\./x\.safetensors', which resolves to .*outside the model folder"):
+        validate.validate_model_dir(model)
+    # a shard that is a symlink out of the folder: refused too; one pointing inside is fine
+    (model / "model-00002-of-00002.safetensors").symlink_to(outside)
+    index["weight_map"] = {
+        k: ("model-00002-of-00002.safetensors" if v.startswith("..") else v) for k, v in index["weight_map"].items()
+    }
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"outside the model folder"):
+        validate.validate_model_dir(model)
+    (model / "model-00002-of-00002.safetensors").unlink()
+    shutil.move(outside, model / "real.safetensors")
+    (model / "model-00002-of-00002.safetensors").symlink_to("real.safetensors")
+    assert validate.validate_model_dir(model) == model
+
+
+def test_index_tensor_must_be_in_the_shard_it_names(tmp_path, tiny_base_model):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base_model, model)
+    index = _sharded(model)
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "model-00002-of-00002.safetensors"
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=rf"tensor '{first}' is not in model-00002-of-00002\.safetensors"):
+        validate.validate_model_dir(model)
+
+
+def test_hub_cache_snapshot_symlinks_into_blobs_are_inside(tmp_path, tiny_base_model):
+    repo = tmp_path / "models--org--tiny"
+    snap, blobs = repo / "snapshots" / "abc", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for file in tiny_base_model.iterdir():
+        shutil.copyfile(file, blobs / file.name)
+        (snap / file.name).symlink_to(f"../../blobs/{file.name}")
+    assert validate.validate_model_dir(snap) == snap
+
+
+def test_safetensors_of_any_format_dtype_pass_validation(tmp_path):
+    path = tmp_path / "fp8.safetensors"
+    save_file({"w": torch.zeros(4, 8, dtype=torch.float8_e4m3fn), "u": torch.zeros(3, dtype=torch.uint16)}, str(path))
+    assert validate.check_safetensors(path) == {"w", "u"}
+    with pytest.raises(UserError, match="has unsupported dtype '(F8_E4M3|U16)'"):  # merge's own reader still refuses
+        safetensors_io.read_header(path)
+
+
+def test_adapter_validation(tmp_path, adapter):
+    assert validate.validate_adapter_dir(adapter) == adapter
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter, bad)
+    (bad / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"bad: no adapter_model\.safetensors or adapter_model\.bin"):
+        validate.validate_adapter_dir(bad)
+    evil_pickle(bad / "adapter_model.bin", tmp_path / "pwned")
+    with pytest.raises(UserError, match=r"adapter_model\.bin: refused by torch\.load\(weights_only=True\)"):
+        validate.validate_adapter_dir(bad)
+    with pytest.raises(UserError, match=r"nothing: no such adapter folder"):
+        validate.validate_adapter_dir(tmp_path / "nothing")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_dir_validation(tmp_path, adapter):
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(adapter, ckpt)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
+    torch.save(
+        {"state": {0: {"step": torch.tensor(2.0)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+        ckpt / "optimizer.pt",
+    )
+    torch.save({"python": 1, "torch": torch.get_rng_state()}, ckpt / "rng_state.pth")
+    assert validate.validate_checkpoint_dir(ckpt) == ckpt
+    (ckpt / "trainer_state.json").write_text('{"global_step": ')
+    with pytest.raises(UserError, match=r"trainer_state\.json: malformed trainer state"):
+        validate.validate_checkpoint_dir(ckpt)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    evil_pickle(ckpt / "optimizer.pt", tmp_path / "pwned")
+    with pytest.raises(UserError, match=r"optimizer\.pt: refused by torch\.load"):
+        validate.validate_checkpoint_dir(ckpt)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _tiny_gguf(tmp_path, tiny_base_model, run_cli):
+    out = tmp_path / "m.gguf"
+    code, _, err = run_cli("quantize", "gguf", "--model", tiny_base_model, "--type", "Q8_0", "--output", out)
+    assert code == 0, err
+    return out
+
+
+def test_gguf_header_validation(tmp_path, tiny_base_model, run_cli):
+    gguf_file = _tiny_gguf(tmp_path, tiny_base_model, run_cli)
+    assert validate.validate_gguf(gguf_file) == gguf_file
+    data = gguf_file.read_bytes()
+    cases = {
+        "cut.gguf": (data[:-100], r"ends at byte \d+, past the end of the file .*truncated"),
+        "head.gguf": (data[:4000], r"runs past the end of the file|past the end of the file"),
+        "magic.gguf": (b"GGML" + data[4:], r"no GGUF magic"),
+        "version.gguf": (data[:4] + struct.pack("<I", 7) + data[8:], r"version 7"),
+        "tiny.gguf": (b"GGUF", r"4 bytes; truncated"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=rf"{name}: not a valid GGUF file \(.*{message}"):
+            validate.validate_gguf(tmp_path / name)
+
+
+def test_ggml_block_table_matches_gguf_py():
+    gguf = pytest.importorskip("gguf")
+    sizes = {int(kind): tuple(value) for kind, value in gguf.GGML_QUANT_SIZES.items()}
+    # Q8_1 (9): ggml's block_q8_1 is 2 halves + 32 bytes = 36 (ggml_type_size); gguf-py still says 40.
+    # It is an intermediate type that no GGUF file stores.
+    ours = {k: v for k, v in validate.GGML_BLOCKS.items() if k != 9}
+    assert {k: v for k, v in sizes.items() if k in ours} == ours
+    assert set(sizes) <= set(validate.GGML_BLOCKS) | {4, 5}  # 4/5: Q4_2/Q4_3, removed from ggml

@@ -169,6 +169,111 @@ def busy_port(w) -> int:
     return sock.getsockname()[1]
 
 
+# ---- crafted inputs for the loading-path validation (issue 24) ------------------------------------
+
+
+def _split_shards(path: Path) -> dict:
+    """Split `path/model.safetensors` into two shards + an index (returned, not yet written)."""
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    keys = sorted(state)
+    names = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "x.safetensors": keys[len(keys) // 2 :]}
+    for name, part in names.items():
+        save_file({k: state[k] for k in part}, path / name)
+    return {"metadata": {}, "weight_map": {k: name for name, part in names.items() for k in part}}
+
+
+def index_outside_folder(w, path: Path) -> None:
+    """An index whose weight_map names `../x.safetensors`: a valid shard, but outside the folder."""
+    _copy_model(w, path)
+    index = _split_shards(path)
+    os.replace(path / "x.safetensors", path.parent / "x.safetensors")
+    index["weight_map"] = {
+        k: ("../x.safetensors" if v == "x.safetensors" else v) for k, v in index["weight_map"].items()
+    }
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def shard_symlink_outside(w, path: Path) -> None:
+    """An index entry inside the folder that is a symlink to a shard outside it."""
+    _copy_model(w, path)
+    index = _split_shards(path)
+    os.replace(path / "x.safetensors", path.parent / "x.safetensors")
+    (path / "x.safetensors").symlink_to(path.parent / "x.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+class _Mkdir:
+    """Unpickling this creates a folder: proof that a pickle ran code (it must never exist)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _evil(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"weight": torch.zeros(2), "payload": _Mkdir(marker)}, path)
+
+
+def model_with_evil_bin(w, path: Path) -> None:
+    _copy_model(w, path)
+    (path / "model.safetensors").unlink()
+    _evil(path / "pytorch_model.bin", w.root / "pwned")
+
+
+def adapter_with_evil_bin(w, path: Path) -> None:
+    shutil.copytree(w.lora, path)
+    (path / "adapter_model.safetensors").unlink()
+    _evil(path / "adapter_model.bin", w.root / "pwned")
+
+
+def truncated_gguf(w, path: Path) -> None:
+    """A GGUF header announcing one 32-float tensor whose bytes are missing."""
+    import struct
+
+    name = b"token_embd.weight"
+    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 0)
+    header += struct.pack("<Q", len(name)) + name + struct.pack("<IQIQ", 1, 32, 0, 0)
+    path.write_bytes(header + b"\0" * (-len(header) % 32) + b"\0" * 64)
+
+
+def _prediction_record(i: int) -> dict:
+    return {"subject": "computer_network", "id": i, "prompt_hash": f"{i:016x}", "prediction": "A", "gold": "A"}
+
+
+def predictions_corrupt(w, path: Path) -> None:
+    """A results folder whose predictions.jsonl has a garbled line in the middle."""
+    path.mkdir()
+    lines = [
+        json.dumps(_prediction_record(0)),
+        '{"subject": "computer_network", "id": 1, "pro',
+        json.dumps(_prediction_record(2)),
+    ]
+    (path / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def predictions_foreign(w, path: Path) -> None:
+    """A results folder whose predictions.jsonl is some other JSON-lines file (no subject/prompt_hash)."""
+    path.mkdir()
+    shutil.copyfile(w.conversations, path / "predictions.jsonl")
+
+
+def predict_output_corrupt(w, path: Path) -> None:
+    lines = ["not json at all", json.dumps({"index": 0, "id": 0, "prompt": "x", "prediction": "y"})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def predict_output_foreign(w, path: Path) -> None:
+    record = {"index": 0, "id": 12345, "prompt": "another input's prompt", "prediction": "y"}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
 # ---- the table ------------------------------------------------------------------------------------
 
 CASES: list[Case] = [
@@ -306,7 +411,7 @@ CASES: list[Case] = [
         "vocab-merge-base-folder-without-model",
         "missing-input",
         lambda w: ["vocab", "merge", "--base", w.make("empty", lambda w, p: p.mkdir()), "--add", w.sp, "-o", w.out],
-        r"empty: folder holds no tokenizer\.model",
+        r"empty: (folder holds )?no tokenizer\.model",  # the BPE work names tokenizer.json too
     ),
     Case(
         "vocab-merge-missing-add",
@@ -914,13 +1019,13 @@ CASES: list[Case] = [
         "eval-ceval-output-inside-model",
         "output-is-input",
         lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.model / "results"],
-        r"must not be, contain or sit inside the input .*model",
+        r"the output sits inside the input .*model",
     ),
     Case(
         "eval-ceval-output-is-data-dir",
         "output-is-input",
         lambda w: ["eval", "ceval", "-m", w.model, "--data-dir", w.ceval, "-o", w.ceval],
-        r"must not be, contain or sit inside the input .*ceval",
+        r"the output is the input .*ceval",
     ),
     Case(
         "eval-ceval-output-is-lora",
@@ -1067,5 +1172,171 @@ CASES: list[Case] = [
         "option-range",
         lambda w: ["tiny-model", "-t", w.tok, "-o", w.out, "--layers", -1],
         r"--layers",
+    ),
+]
+
+# ---- issue 24: every loading path validates what it reads (reliab) --------------------------------
+TRUNC = r"trunc/model\.safetensors: not a valid safetensors file .*truncated"
+OUTSIDE = r"index\.json: weight_map entry .* names '\.\./x\.safetensors', which resolves to .* outside the model folder"
+PICKLE = r"pytorch_model\.bin: refused by torch\.load\(weights_only=True\): it asks for .*mkdir.*safetensors"
+ADAPTER_PICKLE = r"evil/adapter_model\.bin: refused by torch\.load\(weights_only=True\)"
+
+
+def _trunc(w):
+    return w.make("trunc", truncated(lambda n: n - 1000))
+
+
+def _bind(argv: Callable, model: Callable) -> Callable:
+    return lambda w: argv(w, model(w))
+
+
+def _model_loading_rows() -> list[Case]:
+    """The same bad model through every command that reads one."""
+    commands = {
+        "chat": lambda w, m: ["chat", "-m", m, "-p", "你好"],
+        "eval-ceval": lambda w, m: ["eval", "ceval", "-m", m, "--data-dir", w.ceval, "-o", w.out, "--limit", 1],
+        "eval-ppl": lambda w, m: ["eval", "ppl", "-m", m, "-d", w.text],
+        "predict": lambda w, m: ["predict", "-m", m, "-i", w.text, "-o", w.outputs / "p.jsonl"],
+        "serve": lambda w, m: ["serve", "-m", m, "--port", 0],
+        "pretrain": lambda w, m: ["pretrain", "-m", m, "-d", w.text, "-o", w.out, "--max-steps", 1],
+        "sft": lambda w, m: ["sft", "-m", m, "-d", w.instructions, "-o", w.out, "--max-steps", 1],
+        "quantize-4bit": lambda w, m: ["quantize", "4bit", "--model", m, "-o", w.out],
+        "quantize-gguf": lambda w, m: ["quantize", "gguf", "--model", m, "-o", w.outputs / "m.gguf"],
+        "merge": lambda w, m: ["merge", "--base", m, "--lora", w.lora, "-o", w.out],
+        "convert": lambda w, m: ["convert", "-i", m, "-o", w.out, "--from", "hf", "--to", "meta"],
+    }
+    bad = {
+        "truncated": (_trunc, TRUNC),
+        "index-outside": (lambda w: w.make("idx", index_outside_folder), OUTSIDE),
+        "shard-symlink-outside": (
+            lambda w: w.make("lnk", shard_symlink_outside),
+            r"lnk/model\.safetensors\.index\.json: weight_map entry .* names 'x\.safetensors', which resolves "
+            r"\(through a symlink\) to .*/in/x\.safetensors outside the model folder",
+        ),
+        "pickle": (lambda w: w.make("evilbin", model_with_evil_bin), PICKLE),
+    }
+    rows = []
+    for command, argv in commands.items():
+        for what, (model, match) in bad.items():
+            if command.startswith("quantize-gguf") and what == "truncated":
+                continue  # quantize-gguf-truncated above
+            rows.append(
+                Case(
+                    f"{command}-model-{what}",
+                    "corrupt-file",
+                    _bind(argv, model),
+                    match,
+                )
+            )
+    return rows
+
+
+CASES += _model_loading_rows()
+CASES += [
+    Case(
+        "chat-adapter-pickle",
+        "corrupt-file",
+        lambda w: ["chat", "-m", w.model, "--lora", w.make("evil", adapter_with_evil_bin), "-p", "你好"],
+        ADAPTER_PICKLE,
+    ),
+    Case(
+        "eval-ceval-adapter-pickle",
+        "corrupt-file",
+        lambda w: [
+            "eval",
+            "ceval",
+            "-m",
+            w.model,
+            "--lora",
+            w.make("evil", adapter_with_evil_bin),
+            "--data-dir",
+            w.ceval,
+            "-o",
+            w.out,
+        ],
+        ADAPTER_PICKLE,
+    ),
+    Case(
+        "merge-adapter-pickle",
+        "corrupt-file",
+        lambda w: ["merge", "--base", w.model, "--lora", w.make("evil", adapter_with_evil_bin), "-o", w.out],
+        ADAPTER_PICKLE,
+    ),
+    Case(
+        "sft-adapter-pickle",
+        "corrupt-file",
+        lambda w: [
+            "sft",
+            "-m",
+            w.model,
+            "-d",
+            w.instructions,
+            "--adapter",
+            w.make("evil", adapter_with_evil_bin),
+            "-o",
+            w.out,
+            "--max-steps",
+            1,
+        ],
+        ADAPTER_PICKLE,
+    ),
+    Case(
+        "chat-gguf-truncated",
+        "corrupt-file",
+        lambda w: ["chat", "-m", w.make("cut", truncated_gguf, ".gguf"), "-p", "你好"],
+        r"cut\.gguf: not a valid GGUF file \(tensor 'token_embd\.weight' ends at byte \d+, past the end",
+    ),
+    Case(
+        "chat-gguf-not-gguf",
+        "corrupt-file",
+        lambda w: ["chat", "-m", w.make("fake", lambda w, p: p.write_bytes(b"\0" * 64), ".gguf"), "-p", "你好"],
+        r"fake\.gguf: not a valid GGUF file \(no GGUF magic",
+    ),
+    # resumable outputs validated on resume
+    Case(
+        "eval-ceval-predictions-corrupt",
+        "corrupt-file",
+        lambda w: [
+            "eval",
+            "ceval",
+            "-m",
+            w.model,
+            "--data-dir",
+            w.ceval,
+            "-o",
+            w.make("res", predictions_corrupt),
+            "--limit",
+            1,
+        ],
+        r"res/predictions\.jsonl:2: not JSON .*not a zhllama predictions log",
+    ),
+    Case(
+        "eval-ceval-predictions-foreign",
+        "corrupt-file",
+        lambda w: [
+            "eval",
+            "ceval",
+            "-m",
+            w.model,
+            "--data-dir",
+            w.ceval,
+            "-o",
+            w.make("res", predictions_foreign),
+            "--limit",
+            1,
+        ],
+        r"res/predictions\.jsonl:1: no 'subject'; not a zhllama predictions log",
+    ),
+    Case(
+        "predict-output-corrupt",
+        "corrupt-file",
+        lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.make("p", predict_output_corrupt, ".jsonl")],
+        r"p\.jsonl:1: not JSON .*not a zhllama predictions file",
+    ),
+    Case(
+        "predict-output-foreign",
+        "corrupt-file",
+        lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.make("p", predict_output_foreign, ".jsonl")],
+        r"p\.jsonl:1: id 12345 is not in this input",
     ),
 ]

@@ -22,9 +22,18 @@ from typer._click import exceptions as click_exc
 from typer._click.globals import get_current_context
 
 from zhllama import __version__
-from zhllama.core import console
+from zhllama.core import atomic, console
 from zhllama.core.config import CommandDefaults, load_config
-from zhllama.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USER, Interrupted, UserError, classify, one_line
+from zhllama.core.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USER,
+    Interrupted,
+    UserError,
+    classify,
+    one_line,
+    storage_failure,
+)
 
 CONFIG_META_KEY = "zhllama.config"
 
@@ -199,8 +208,9 @@ def run(argv: list[str] | None = None) -> int:
     """
     console.SETTINGS.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     console.begin_command()
+    atomic.begin_run()
     previous = _install_signal_handlers()
-    code, line = EXIT_INTERNAL, None
+    code, line, storage = EXIT_INTERNAL, None, False
     try:
         try:
             cli = build_cli()
@@ -219,9 +229,11 @@ def run(argv: list[str] | None = None) -> int:
             line = _click_error_line(exc)
         except (Exception, KeyboardInterrupt, Interrupted) as exc:  # every failure: one line, one exit code
             code, line = classify(exc)
+            storage = storage_failure(exc) is not None
             if console.SETTINGS.debug:
                 traceback.print_exc()
     finally:  # also when SystemExit passes through
+        atomic.end_run(failed=code != 0 or line is not None, storage=storage)  # nothing left behind
         _restore_signal_handlers(previous)
         console.end_command(code == 0 and line is None)
         if line is not None:

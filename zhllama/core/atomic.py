@@ -194,8 +194,70 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     _remove(trash)
 
 
+# ---- the run ledger: what a command created outside its temporary siblings ---------------------
+# Folders made for an output (`make_dirs`) and resumable logs (`zhllama.core.appendlog`) are noted
+# here; when the command fails, `end_run` removes the folders it created that are still empty and,
+# for a storage failure (disk full, read-only), rolls the logs back, so nothing is left behind.
+_LEDGER: dict[str, list] = {"dirs": [], "journals": []}
+
+
+def begin_run() -> None:
+    """Start a command with an empty ledger (the CLI calls this)."""
+    _LEDGER["dirs"].clear()
+    _LEDGER["journals"].clear()
+
+
+def make_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """`mkdir -p path`, noting each folder it created (outermost first) in the run ledger."""
+    path = Path(path)
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    created = list(reversed(missing))
+    _LEDGER["dirs"].extend(created)
+    return created
+
+
+def note_journal(journal) -> None:
+    """A resumable log (with `rollback()` and `commit()`) this run writes to."""
+    if journal not in _LEDGER["journals"]:
+        _LEDGER["journals"].append(journal)
+
+
+def forget_journal(journal) -> None:
+    if journal in _LEDGER["journals"]:
+        _LEDGER["journals"].remove(journal)
+
+
+def end_run(failed: bool, storage: bool = False) -> None:
+    """After a command: on failure, roll logs back (storage failures) or keep their records
+    (interrupts: resumable), and remove the folders it created that are left empty."""
+    journals, dirs = list(_LEDGER["journals"]), list(_LEDGER["dirs"])
+    begin_run()
+    for journal in reversed(journals):
+        if failed and storage:
+            journal.rollback()
+        else:
+            journal.commit()
+    if failed:
+        for folder in reversed(dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def note_output(exc: BaseException, final: Path) -> None:
+    """Name `final` on `exc` as the output being written (the error line names it)."""
+    if not any(note.startswith(OUTPUT_NOTE) for note in getattr(exc, "__notes__", ())):
+        exc.add_note(f"{OUTPUT_NOTE}{final}")
+
+
 def _prepare(final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(final.parent)
     clean_stale(final.parent)
 
 
@@ -205,8 +267,7 @@ def _noted(final: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if not any(note.startswith(OUTPUT_NOTE) for note in getattr(exc, "__notes__", ())):
-            exc.add_note(f"{OUTPUT_NOTE}{final}")
+        note_output(exc, final)
         raise
 
 

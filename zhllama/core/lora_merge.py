@@ -9,7 +9,6 @@ output is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -33,6 +32,7 @@ from zhllama.core.checkpoint.shards import (
     write_hf_shards,
 )
 from zhllama.core.errors import UserError
+from zhllama.core.paths import sha256_file
 
 PREFIX = "base_model.model."
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -76,7 +76,9 @@ def _pattern_value(module: str, patterns: dict, default):
 
 
 def load_adapter(path: str | Path) -> Adapter:
-    path = Path(path)
+    from zhllama.core.checkpoint.validate import validate_adapter_dir
+
+    path = validate_adapter_dir(path)  # inside the folder, headers and pickles checked first
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
@@ -168,14 +170,6 @@ def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dic
                 "(was the adapter trained with this tokenizer?)"
             )
     return new_shapes
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- merge ----------------------------------------------------------------------------------------
@@ -310,12 +304,12 @@ def merge(
         seconds = time.perf_counter() - start
         manifest = {
             "base": str(base),
-            "adapters": [{"path": str(a.path), "sha256": {f.name: _sha256(f) for f in a.files}} for a in adapters],
+            "adapters": [{"path": str(a.path), "sha256": {f.name: sha256_file(f) for f in a.files}} for a in adapters],
             "tokenizer": str(tok_source),
             "dtype": dtype,
             "format": fmt,
             "rope": rope_config.describe(config),
-            "outputs": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "outputs": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
             "seconds": seconds,
             "verify_max_abs_diff": max_diff,
         }

@@ -3,12 +3,16 @@
 - `check_output(output, inputs)`: an output may never be, contain, or sit inside one of the
   command's inputs (paths resolved, symlinks followed, hard links compared by inode). This holds
   even with `--force`: replacing an output must never destroy what the command reads.
+- `check_output_folder(output, inputs)`: the same guard for a results folder (eval `--output`),
+  which must not be an existing file either.
 - `read_text_file(path)` / `iter_text_lines(path)`: UTF-8 text inputs whose decoding errors are
   user errors naming the file and the byte offset, instead of a bare `UnicodeDecodeError`.
+- `sha256_file(path)`: a file's sha256, read in 1 MiB chunks (manifests, cache keys).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,9 +53,29 @@ def check_output(output: PathLike, inputs: Iterable[PathLike | None], option: st
         else:
             continue
         raise UserError(
-            f"{option} {output}: the output {relation} the input {given}; "
-            "writing it would destroy the input (choose another output path)"
+            f"{option} {output}: the output {relation} the input {given}; an output must not be, contain or "
+            "sit inside an input, writing it would destroy the input (choose another output path)"
         )
+
+
+def check_output_folder(output: PathLike, inputs: Iterable[PathLike | None], option: str = "--output") -> None:
+    """`check_output` for an output that is a folder: an existing file in its place is refused too."""
+    from zhllama.core.atomic import check_parent
+
+    path = Path(output)
+    check_parent(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise UserError(f"{option} {output}: an existing file; it must be a results folder")
+    check_output(output, inputs, option)
+
+
+def sha256_file(path: PathLike) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _decode_error(path: PathLike, offset: int, exc: UnicodeDecodeError) -> UserError:

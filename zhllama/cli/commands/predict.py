@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,42 +73,30 @@ def read_prompts(path: Path) -> list[dict]:
     return items
 
 
-def read_done(output: Path, items: list[dict]) -> dict[int, dict]:
-    """Records already in `output`, by input index; refuses an output made from another input."""
-    if not output.exists():
-        return {}
-    if output.is_symlink() or not output.is_file():
-        raise UserError(f"{output}: not a regular file (a symlink or folder); refusing to write through it")
+def open_log(output: Path, items: list[dict], restart: bool):
+    """`output` as a resumable log (`core.appendlog`) of records keyed by input index; a record of
+    another input (unknown id, other prompt) or a corrupt line is refused, a torn last line redone."""
+    from zhllama.core.appendlog import AppendLog
+
     by_id = {str(item["id"]): item for item in items}
-    done: dict[int, dict] = {}
-    lines = output.read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            item = by_id[str(record["id"])]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if number == len(lines):
-                continue  # a last line cut by an interruption: answered again
-            raise UserError(f"{output}:{number}: not a record of this input; use another --output") from None
-        if record.get("prompt") != item["prompt"]:
-            raise UserError(f"{output}:{number}: id {record['id']} has another prompt; use another --output")
-        done[item["index"]] = record
-    return done
 
+    def check(record: dict) -> str | None:
+        item = by_id.get(str(record["id"]))
+        if item is None:
+            return f"id {record['id']!r} is not in this input (not a record of this input)"
+        if record["prompt"] != item["prompt"]:
+            return f"id {record['id']} has another prompt"
+        return None
 
-def _append(path: Path, records: list[dict]) -> None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot append: {exc.strerror}") from exc
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    return AppendLog(
+        output,
+        key=lambda record: by_id[str(record["id"])]["index"],
+        fields=("id", "prompt"),
+        what="zhllama predictions file",
+        hint="use another --output, or --restart",
+        check=check,
+        fresh=restart,
+    )
 
 
 def _rewrite(path: Path, done: dict[int, dict]) -> None:
@@ -162,7 +149,8 @@ def predict(
     check_parent(output)
     check_output(output, model_options.lora)  # nor inside an adapter folder (reliab, surgical)
     items = read_prompts(input)
-    done = {} if restart else read_done(output, items)
+    log = open_log(output, items, restart)
+    done = dict(log.records)
     todo = [item for item in items if item["index"] not in done]
     started = time.perf_counter()
     tokens = 0
@@ -177,8 +165,6 @@ def predict(
                         f"{input}: prompt {item['id']} is {len(item['ids'])} tokens; "
                         f"the context holds {runtime.model.context_length}"
                     )
-            if output.exists():  # start from exactly the kept records (none with --restart)
-                _rewrite(output, done)
             base = answer.params()
             seed = answer.seed or 0
             with console.progress_task("predicting", total=len(todo)) as advance:
@@ -199,11 +185,11 @@ def predict(
                         done[item["index"]] = record
                         records.append(record)
                         tokens += len(result.token_ids)
-                    _append(output, records)
+                    log.append(records)
                     advance(len(batch))
         finally:
             runtime.close()
-    _rewrite(output, done)  # input order, whatever order the batches finished in
+    _rewrite(output, done)  # input order, whatever order the batches finished in (committed by the CLI)
     seconds = time.perf_counter() - started
     summary = {
         "input": str(input),

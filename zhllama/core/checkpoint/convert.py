@@ -80,6 +80,9 @@ def convert(source: str | Path, output: str | Path, src: str, dst: str, force: b
         raise UserError(f"{source}: no such checkpoint folder")
     check_output(output, [source])
     if src == "hf":
+        from zhllama.core.checkpoint.validate import validate_model_dir
+
+        validate_model_dir(source)  # every file inside the folder, headers and pickles checked (reliab)
         config = read_config(source)
         plan_shards(source)  # every shard validated before writing
         tokenizer = source / "tokenizer.model"

@@ -39,14 +39,41 @@ DTYPES = {
 NAMES = {v: k for k, v in DTYPES.items()}
 ITEM_SIZE = {name: torch.empty(0, dtype=dtype).element_size() for name, dtype in DTYPES.items()}
 MAX_HEADER = 100_000_000  # the safetensors library's own limit
+# Every dtype the safetensors format knows, in bits per element (validation of files zhllama only
+# checks and hands to another loader: FP8, unsigned and sub-byte types included).
+FORMAT_BITS = {
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
 
 
 def _bad(path: Path, why: str) -> UserError:
     return UserError(f"{path}: not a valid safetensors file ({why})")
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """The validated JSON header (without __metadata__) and the offset where tensor data starts."""
+def read_header(path: Path, any_dtype: bool = False) -> tuple[dict, int]:
+    """The validated JSON header (without __metadata__) and the offset where tensor data starts.
+
+    `any_dtype`: accept every dtype of the format (`FORMAT_BITS`), not only those this module reads."""
+    known = FORMAT_BITS if any_dtype else {name: 8 * size for name, size in ITEM_SIZE.items()}
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -69,7 +96,7 @@ def read_header(path: Path) -> tuple[dict, int]:
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
             raise _bad(path, f"tensor '{name}' lacks dtype/shape/data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
+        if dtype not in known:
             raise _bad(path, f"tensor '{name}' has unsupported dtype {dtype!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise _bad(path, f"tensor '{name}' has a bad shape {shape!r}")
@@ -80,7 +107,8 @@ def read_header(path: Path) -> tuple[dict, int]:
             or not 0 <= offsets[0] <= offsets[1]
         ):
             raise _bad(path, f"tensor '{name}' has bad data_offsets {offsets!r}")
-        if offsets[1] - offsets[0] != math.prod(shape) * ITEM_SIZE[dtype]:
+        bits = math.prod(shape) * known[dtype]
+        if bits % 8 or offsets[1] - offsets[0] != bits // 8:
             raise _bad(path, f"tensor '{name}' byte range {offsets} does not match shape {shape} {dtype}")
         spans.append((offsets[0], offsets[1], name))
     expected = 0

@@ -9,15 +9,13 @@ named) and returns the tensor shapes in file order: callers run it before writin
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from zhllama.core.checkpoint import safetensors_io
+from zhllama.core.checkpoint import safetensors_io, validate
 from zhllama.core.errors import UserError
 
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -79,33 +77,20 @@ def llama_config(state: dict[str, torch.Tensor], **fields) -> dict:
 
 
 def base_shards(base: Path) -> list[Path]:
-    """The weight files of an HF folder (index order), each checked to exist."""
+    """The weight files of an HF folder (index order), each checked to exist inside the folder."""
     for index_name in INDEXES:
         index = base / index_name
         if index.is_file():
-            weight_map = read_json(index, "index").get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise UserError(f"{index}: no 'weight_map'")
-            files = [base / f for f in sorted(set(weight_map.values()))]
-            for file in files:
-                if not file.is_file():
-                    raise UserError(f"{index}: names shard '{file.name}', which does not exist")
-            return files
+            return validate.index_files(index, base)
     for single in SINGLES:
         if (base / single).is_file():
-            return [base / single]
+            return [validate.inside(base / single, base)]
     raise UserError(f"{base}: no model weights (model.safetensors / pytorch_model.bin, or an index)")
 
 
 def load_bin(path: Path) -> dict[str, torch.Tensor]:
-    """A torch pickle of tensors, with weights_only=True; a corrupt file is a UserError."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise UserError(f"{path}: cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a flat dict of tensors")
-    return state
+    """A torch pickle of tensors, with weights_only=True; a refused or corrupt file is a UserError."""
+    return validate.load_pickle(path)
 
 
 def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:

@@ -7,6 +7,9 @@
   `~/.cache/zhllama/converted`), keyed by the source files' paths, sizes and times;
 - a hub id `org/name` or `org/name@revision`: resolved through huggingface_hub's cache (`HF_HOME`,
   `HF_HUB_CACHE`); with `HF_HUB_OFFLINE=1` only the cache is consulted.
+Every result is validated before it is returned (`checkpoint.validate`: config, index entries inside
+the folder, every shard's header and size, pickles through weights_only, GGUF headers), so each
+command that resolves a model refuses a bad one before loading or writing anything.
 Errors are one line naming the file (or the id) at fault.
 """
 
@@ -17,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from zhllama.core.checkpoint import validate
 from zhllama.core.errors import UserError
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<rev>[\w./-]+))?$")
@@ -52,10 +56,9 @@ def _converted(folder: Path, kind: str) -> Path:
 
     files = [p for p in folder.iterdir() if p.is_file()]
     target = cache_root() / f"{kind}-{folder.resolve().name}-{_fingerprint(files)}"
-    if (target / "config.json").is_file():
-        return target
-    convert.convert(folder, target, src=kind, dst="hf", force=True)
-    return target
+    if not (target / "config.json").is_file():
+        convert.convert(folder, target, src=kind, dst="hf", force=True)
+    return validate.validate_model_dir(target)
 
 
 def resolve_hub(spec: str) -> Path:
@@ -83,6 +86,8 @@ def resolve_hub(spec: str) -> Path:
             raise UserError(f"{spec}: cannot download from the Hugging Face hub ({reason})") from None
     if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
         raise UserError(f"{path}: the hub snapshot of {spec} has no config.json")
+    if (path / "config.json").is_file():
+        validate.validate_model_dir(path)
     return path
 
 
@@ -94,14 +99,14 @@ def resolve_model(spec: str | os.PathLike[str], folder_only: bool = False) -> Pa
         if path.suffix == ".gguf":
             if folder_only:
                 raise UserError(f"{path}: a GGUF file; this command needs an HF model folder")
-            return path
+            return validate.validate_gguf(path)
         if path.suffix == ".bin" and kind_of(path.parent) == "tencentpretrain":
             return _converted(path.parent, "tencentpretrain")
         raise UserError(f"{path}: not a model folder or .gguf file")
     if path.is_dir():
         kind = kind_of(path)
         if kind == "hf":
-            return path
+            return validate.validate_model_dir(path)
         if kind in ("meta", "tencentpretrain"):
             return _converted(path, kind)
         raise UserError(f"{path}: not a model folder (no config.json, and no consolidated.*.pth + params.json)")

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
+from zhllama.core import paths
+from zhllama.core.appendlog import AppendLog
 from zhllama.core.atomic import atomic_file
-from zhllama.core.errors import UserError
 
 LOG_NAME = "predictions.jsonl"
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+LOG_FIELDS = ("subject", "id", "prompt_hash")
 
 
 def check_output_folder(output: Path, inputs: list[Path] = ()) -> None:
-    """Refuse an --output that is a file, holds a non-regular predictions log, or overlaps an input."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: --output is an existing file; it must be a results folder")
-    log = output / LOG_NAME
-    if log.is_symlink() or (log.exists() and not log.is_file()):
-        raise UserError(f"{log}: not a regular file (a symlink or folder); refusing to append through it")
-    resolved = output.resolve()
-    for item in inputs:
-        source = Path(item).resolve()
-        if _inside(resolved, source) or _inside(source, resolved):
-            raise UserError(f"{output}: --output must not be, contain or sit inside the input {item}")
+    """Refuse an --output that is a file, overlaps an input (`paths.check_output`: resolved paths,
+    symlinks, hard links), or holds a predictions log that is not one (checked before any load)."""
+    paths.check_output_folder(output, inputs)
+    PredictionLog(Path(output) / LOG_NAME, report=False)  # validated now, before a model is loaded
 
 
 def prompt_hash(settings: dict, prompt_ids: list[int]) -> str:
@@ -41,47 +29,31 @@ def prompt_hash(settings: dict, prompt_ids: list[int]) -> str:
     return h.hexdigest()[:16]
 
 
-class PredictionLog:
-    """`predictions.jsonl`, appended batch by batch so an interrupted run resumes where it stopped."""
+def _key(record: dict) -> tuple[str, str, str]:
+    return str(record["subject"]), str(record["id"]), str(record["prompt_hash"])
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[tuple[str, str, str], dict] = {}
-        check_output_folder(path.parent)
-        if path.is_file():
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(
-                    f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); not a zhllama predictions log"
-                ) from exc
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interruption is simply redone
-                self.records[self.key(record)] = record
+
+class PredictionLog(AppendLog):
+    """`predictions.jsonl`, appended batch by batch (fsynced) so an interrupted run resumes where it
+    stopped; a torn last line is dropped and redone, any other bad line is an error naming it."""
+
+    def __init__(self, path: Path, report: bool = True):
+        paths.check_output_folder(Path(path).parent, [])
+        super().__init__(
+            path,
+            key=_key,
+            fields=LOG_FIELDS,
+            what="zhllama predictions log",
+            hint="choose another --output, or remove the file to start over",
+            report=report,
+        )
 
     @staticmethod
-    def key(record: dict) -> tuple[str, str, str]:
-        return record["subject"], str(record["id"]), record["prompt_hash"]
+    def key(record: dict) -> tuple[str, str, str]:  # type: ignore[override]
+        return _key(record)
 
-    def has(self, subject: str, qid: str, phash: str) -> bool:
-        return (subject, qid, phash) in self.records
-
-    def append(self, records: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_NOFOLLOW: never append through a symlink put in place after the checks
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise UserError(f"{self.path}: is a symlink; refusing to append through it") from exc
-        with open(fd, "a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.records[self.key(record)] = record
-            f.flush()
+    def has(self, subject: str, qid: str, phash: str) -> bool:  # type: ignore[override]
+        return (str(subject), str(qid), str(phash)) in self.records
 
 
 def summarize(records: list[dict], categories: dict[str, str], score_key: str = "correct") -> dict:

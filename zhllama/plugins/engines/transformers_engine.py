@@ -118,9 +118,10 @@ class TransformersModel(LoadedModel):
 
         if not TransformersEngine.accepts(path):
             raise UserError(f"{path}: not a transformers model folder (config.json missing)")
-        for lora in options.lora:
-            if not (Path(lora) / "adapter_config.json").is_file():
-                raise UserError(f"{lora}: not a LoRA adapter folder (adapter_config.json missing)")
+        from zhllama.core.checkpoint.validate import validate_adapter_dir
+
+        for lora in options.lora:  # config, weights' headers, pickles: checked before loading (reliab)
+            validate_adapter_dir(lora)
         where = placement(options.device, options.dtype)
         _check_attention(options.attn, where.on_gpu)
         try:
