@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -18,18 +19,27 @@ from zhllama.core.training import PretrainConfig, SftConfig, TrainConfig, pretra
 def command_params(name):
     import typer
 
-    from zhllama.cli.commands import pretrain as pretrain_cmd
-    from zhllama.cli.commands import sft as sft_cmd
+    from zhllama.cli.training import register_training
 
     app = typer.Typer()
-    {"pretrain": pretrain_cmd, "sft": sft_cmd}[name].register(app)
+    register_training(app, (name,))
     app.command("other")(lambda: None)
     group = typer.main.get_command(app)
     return {p.name: p for p in group.commands[name].params}
 
 
-@pytest.mark.parametrize("name, cls", [("pretrain", PretrainConfig), ("sft", SftConfig)])
-def test_flags_are_generated_from_the_schema(name, cls):
+COMMANDS = {"pretrain": PretrainConfig, "sft": SftConfig}
+
+
+def _alignment_configs():
+    from zhllama.core.alignment.config import DpoConfig, PpoConfig, RmConfig
+
+    return {"rm": RmConfig, "dpo": DpoConfig, "ppo": PpoConfig}
+
+
+@pytest.mark.parametrize("name", ["pretrain", "sft", "rm", "dpo", "ppo"])
+def test_flags_are_generated_from_the_schema(name):
+    cls = {**COMMANDS, **_alignment_configs()}[name]
     params = command_params(name)
     fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
     assert {f.name for f in fields} == set(params)
@@ -40,11 +50,31 @@ def test_flags_are_generated_from_the_schema(name, cls):
     flags = {opt for p in params.values() for opt in p.opts}
     for wanted in ("--max-grad-norm", "--weight-decay", "--optim", "--adam-beta1", "--adam-beta2", "--trainer-arg"):
         assert wanted in flags
-    assert ("--block-size" in flags) == (name == "pretrain") and ("--max-seq-length" in flags) == (name == "sft")
+    assert ("--block-size" in flags) == (name == "pretrain") and ("--packing" in flags) == (name == "sft")
+    assert ("--max-seq-length" in flags) == (name != "pretrain") and ("--beta" in flags) == (name == "dpo")
+
+
+@pytest.mark.parametrize("name", ["rm", "dpo", "ppo"])
+def test_alignment_help_offers_only_what_the_task_accepts(name, run_cli, monkeypatch):
+    """rm / dpo / ppo leave out the long-context and streaming groups: their flags are not offered."""
+    from zhllama.core.training.options import LongContextOptions, StreamingOptions
+
+    monkeypatch.setenv("COLUMNS", "240")  # no flag name cut short
+
+    code, out, err = run_cli(name, "--help")
+    assert code == 0, err
+    offered = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", out))
+    left_out = {
+        f"--{f.name.replace('_', '-')}" for g in (LongContextOptions, StreamingOptions) for f in dataclasses.fields(g)
+    }
+    assert offered and not offered & left_out
+    accepted = {opt for p in command_params(name).values() for opt in p.opts} | {"--help"}
+    assert offered <= accepted  # every flag shown is one the command takes (none refused later)
+    assert "--rope-scaling" in run_cli("sft", "--help")[1]
 
 
 def test_trainer_args_reach_training_arguments(tmp_path, tiny_base_model):
-    from zhllama.core.training.runner import training_arguments
+    from zhllama.core.training.arguments import training_arguments
 
     cfg = PretrainConfig(
         model=tiny_base_model,
@@ -240,7 +270,7 @@ def test_rope_scaled_lora_carries_into_merged_config_and_gguf(tmp_path, short_mo
 
 
 def test_yarn_records_the_original_length_and_refuses_a_second_scaling(tmp_path, short_model, tiny_cfg):
-    from zhllama.core.training.runner import load_model
+    from zhllama.core.training.model import load_model
 
     cfg = tiny_cfg(short_model, data_path("corpus_zh.txt"), rope_scaling="yarn", rope_factor=2.0, model_max_length=60)
     model, overrides = load_model(cfg)

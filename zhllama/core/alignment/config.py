@@ -1,7 +1,8 @@
-"""Settings of `zhllama rm`, `zhllama dpo` and `zhllama ppo`: `TrainConfig` subclasses (one schema).
+"""Settings of `zhllama rm`, `zhllama dpo` and `zhllama ppo`, composed of the training option groups.
 
-The shared training flags (LoRA/QLoRA/full, optimiser, checkpoints, `--resume`, `--deepspeed`, ...)
-come from `TrainConfig`; each class adds its own fields, and `zhllama.cli.training.build_command`
+They take the groups of `zhllama.core.training.options` that TRL's trainers honour (run, LoRA/QLoRA/
+full, optimisation, distributed, data, template) and leave out long context and streaming, so those
+flags are not offered; each class adds its own fields, and `zhllama.cli.training.build_command`
 generates the Typer flags from them.
 """
 
@@ -11,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhllama.core.schema import option
-from zhllama.core.training.config import TrainConfig
+from zhllama.core.training.options import (
+    DataOptions,
+    DistributedOptions,
+    LoraOptions,
+    OptimOptions,
+    RunOptions,
+    TemplateOptions,
+)
 
 # TRL 1.16 DPOTrainer's loss types (`DPOConfig.loss_type`); a test checks this list against TRL's source.
 DPO_LOSSES = (
@@ -34,21 +42,13 @@ DPO_LOSSES = (
 
 
 @dataclass
-class PreferenceConfig(TrainConfig):
-    """Template settings shared by the three commands (the same as `sft`'s)."""
+class PreferenceConfig(TemplateOptions, DataOptions, DistributedOptions, OptimOptions, LoraOptions, RunOptions):
+    """What the three commands share: every group but long context and streaming, plus the template (as sft's)."""
 
-    template: str = option("llama2-zh", "Prompt template (see `zhllama plugins`), as used for sft.")
-    system_prompt: str | None = option(None, "Override the template's system prompt.")
     max_seq_length: int = option(512, "Longest prompt + answer in tokens; longer pairs/prompts are skipped.")
 
     def checks(self):
-        unsupported = "is not supported by rm / dpo / ppo"
-        return super().checks() + [
-            ("max_seq_length", self.max_seq_length >= 2, "must be >= 2"),
-            ("streaming", not self.streaming, unsupported),
-            ("rope_scaling", self.rope_scaling is None, f"{unsupported} (align the long-context model itself)"),
-            ("model_max_length", self.model_max_length is None, unsupported),
-        ]
+        return super().checks() + [("max_seq_length", self.max_seq_length >= 2, "must be >= 2")]
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """The three alignment tasks on TRL: reward model (`rm`), DPO (`dpo`), and RL from a reward model (`ppo`).
 
+Each is a `TrlTask` spec run by the training pipeline (`zhllama.core.training.runner`): it reads and
+tokenizes its data before the model loads (`prepare`), and supplies its TRL config values, trainer,
+metrics and curves.
+
 `ppo` runs TRL's RLOOTrainer: TRL 1.16 has no PPOTrainer any more (`from trl import PPOTrainer`
 raises ImportError, and there is no `trl.experimental.ppo`). RLOO (REINFORCE leave-one-out,
 Ahmadian et al. 2024) optimises the same objective as PPO-RLHF, reward-model score minus
@@ -12,156 +16,120 @@ from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.alignment import data
-from zhllama.core.alignment import runner as align
-from zhllama.core.alignment.config import DpoConfig, PpoConfig, PreferenceConfig, RmConfig
+from zhllama.core.alignment.base import TrlTask, split
+from zhllama.core.alignment.config import DpoConfig, PpoConfig, RmConfig
 from zhllama.core.errors import UserError
-from zhllama.core.templates import get_template
 from zhllama.core.training.data import expand_files
+from zhllama.core.training.runner import Run, train
+
+PREFERENCE_SUFFIXES = (".json", ".jsonl")
 
 
-def split(dataset, fraction: float, seed: int):
-    """sft's validation split (imported here: zhllama.core.training.tasks pulls in torch)."""
-    from zhllama.core.training.tasks import _split
+class PreferenceTask(TrlTask):
+    """rm and dpo: prompt / chosen / rejected pairs, tokenized with the template."""
 
-    return _split(dataset, fraction, seed)
+    reward_columns = False  # rm trains on (chosen, rejected) full sequences
 
+    def prepare(self, run: Run) -> None:
+        from datasets import Dataset
 
-def _template_settings(cfg: PreferenceConfig):
-    return get_template(cfg.template), cfg.system_prompt, cfg.max_seq_length
-
-
-def _preference_data(cfg: PreferenceConfig, tokenizer, reward: bool = False):
-    from datasets import Dataset
-
-    template, system, max_len = _template_settings(cfg)
-    files = expand_files(cfg.data, (".json", ".jsonl"))
-    pairs = data.read_pairs(files)
-    columns, dropped = data.preference_examples(tokenizer, template, pairs, max_len, system)
-    if dropped:
-        console.warn(f"{dropped} of {len(pairs)} pairs are longer than --max-seq-length {max_len} and were skipped")
-    console.log(f"{len(columns['prompt_ids'])} preference pairs ({template.name} template)")
-    return Dataset.from_dict(data.reward_examples(columns) if reward else columns), dropped
-
-
-def _check(cfg: PreferenceConfig, *inputs) -> tuple[PreferenceConfig, object]:
-    """Option checks and the tokenizer (no output written yet)."""
-    get_template(cfg.template)  # an unknown template is an option error, before any data is read
-    cfg = align.check_inputs(cfg, *inputs)
-    return cfg, align.load_tokenizer(cfg)
+        cfg = run.cfg
+        files = expand_files(cfg.data, PREFERENCE_SUFFIXES)
+        pairs = data.read_pairs(files)
+        columns, dropped = data.preference_examples(
+            run.tokenizer, self.template, pairs, cfg.max_seq_length, cfg.system_prompt
+        )
+        if dropped:
+            console.warn(
+                f"{dropped} of {len(pairs)} pairs are longer than --max-seq-length {cfg.max_seq_length} and were skipped"
+            )
+        console.log(f"{len(columns['prompt_ids'])} preference pairs ({self.template.name} template)")
+        dataset = Dataset.from_dict(data.reward_examples(columns) if self.reward_columns else columns)
+        run.train_set, run.eval_set = split(dataset, cfg.validation_split, cfg.seed)
+        run.skipped = dropped
 
 
 # ---- rm -----------------------------------------------------------------------------------------
-def rm(cfg: RmConfig) -> dict:
+class Rm(PreferenceTask):
     """Reward model: a sequence-classification head (one label) trained on chosen > rejected."""
-    trl = align.trl()
 
-    if cfg.adapter is not None:
-        raise UserError(
-            "--adapter: a reward model starts from a model folder; merge the SFT adapter first (zhllama merge)"
-        )
-    cfg, tokenizer = _check(cfg)
-    pairs, dropped = _preference_data(cfg, tokenizer, reward=True)
-    train_set, eval_set = split(pairs, cfg.validation_split, cfg.seed)
-    args = align.trl_config(
-        trl.RewardConfig,
-        cfg,
-        eval_set is not None,
-        max_length=None,
-        center_rewards_coefficient=cfg.center_rewards_coefficient,
-    )
-    align.check_output(cfg)
-    model, resized = align.load_base(cfg, tokenizer, reward_head=True)
-    model, peft_config = align.peft_setup(cfg, model, "SEQ_CLS", always_save=("score",))
-    with align.stdout_to_stderr():
-        trainer = trl.RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            processing_class=tokenizer.hf,
-            peft_config=peft_config,
-        )
-    align.fp32_trainables(trainer, cfg)
+    kind, config, head, trl_config = "rm", RmConfig, "reward", "RewardConfig"
+    always_save = ("score",)
+    reward_columns = True
+    curves = {"accuracy.png": ("pairwise accuracy", [("accuracy", "train"), ("eval_accuracy", "validation")])}
 
-    def metrics():
-        scored = eval_set if eval_set is not None else train_set
-        result = trainer.evaluate(scored)  # TRL reports pairwise accuracy and margin under eval_*
+    def check(self, cfg):
+        if cfg.adapter is not None:
+            raise UserError(
+                "--adapter: a reward model starts from a model folder; merge the SFT adapter first (zhllama merge)"
+            )
+        super().check(cfg)
+
+    def trl_settings(self, run: Run) -> dict:
+        return {"max_length": None, "center_rewards_coefficient": run.cfg.center_rewards_coefficient}
+
+    def trainer(self, run: Run):
+        return self.trl_trainer(run, self.trl.RewardTrainer)
+
+    def task_metrics(self, run: Run) -> dict:
+        scored = run.eval_set if run.eval_set is not None else run.train_set
+        result = run.trainer.evaluate(scored)  # TRL reports pairwise accuracy and margin under eval_*
         return {
             "accuracy": result["eval_accuracy"],
-            "accuracy_on": "validation" if eval_set is not None else "train",
+            "accuracy_on": "validation" if run.eval_set is not None else "train",
             "margin": result["eval_margin"],
-            "eval_pairs": len(eval_set) if eval_set is not None else 0,
+            "eval_pairs": len(run.eval_set) if run.eval_set is not None else 0,
         }
-
-    curves = {"accuracy.png": ("pairwise accuracy", [("accuracy", "train"), ("eval_accuracy", "validation")])}
-    return align.train(trainer, cfg, "rm", tokenizer, len(train_set), metrics, curves, dropped, resized)
 
 
 # ---- dpo ----------------------------------------------------------------------------------------
-def dpo(cfg: DpoConfig) -> dict:
+class Dpo(PreferenceTask):
     """Direct preference optimisation; with LoRA the reference is the model with the adapter disabled."""
-    trl = align.trl()
 
-    cfg, tokenizer = _check(cfg)
-    losses, beta = cfg.losses(), cfg.beta
-    pairs, dropped = _preference_data(cfg, tokenizer)
-    train_set, eval_set = split(pairs, cfg.validation_split, cfg.seed)
-    args = align.trl_config(
-        trl.DPOConfig,
-        cfg,
-        eval_set is not None,
-        loss_type=losses,
-        loss_weights=cfg.weights(),
-        beta=beta,
-        label_smoothing=cfg.label_smoothing,
-        max_length=None,
-    )
-    align.check_output(cfg)
-    model, resized = align.load_base(cfg, tokenizer)
-    model, peft_config = align.peft_setup(cfg, model, "CAUSAL_LM")
-
-    class TokenizedDPOTrainer(trl.DPOTrainer):
-        """Takes zhllama's template-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` as they are."""
-
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset
-
-    with align.stdout_to_stderr():
-        trainer = TokenizedDPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            processing_class=tokenizer.hf,
-            peft_config=peft_config,
-        )
-    align.fp32_trainables(trainer, cfg)
-
-    def metrics():
-        first_margin, last_margin = align.first_last(trainer, "rewards/margins")
-        _, last_accuracy = align.first_last(trainer, "rewards/accuracies")
-        result = {
-            "loss_type": ",".join(losses),
-            "beta": beta,
-            "first_reward_margin": first_margin,
-            "final_reward_margin": last_margin,
-            "final_reward_accuracy": last_accuracy,
-        }
-        if eval_set is not None:
-            evaluated = trainer.evaluate()
-            result.update(
-                eval_reward_margin=evaluated["eval_rewards/margins"],
-                eval_reward_accuracy=evaluated["eval_rewards/accuracies"],
-            )
-        return result
-
+    kind, config, trl_config = "dpo", DpoConfig, "DPOConfig"
     curves = {
         "rewards.png": (
             "implicit reward",
             [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"), ("rewards/margins", "margin")],
         ),
     }
-    return align.train(trainer, cfg, "dpo", tokenizer, len(train_set), metrics, curves, dropped, resized)
+
+    def trl_settings(self, run: Run) -> dict:
+        cfg = run.cfg
+        return {
+            "loss_type": cfg.losses(),
+            "loss_weights": cfg.weights(),
+            "beta": cfg.beta,
+            "label_smoothing": cfg.label_smoothing,
+            "max_length": None,
+        }
+
+    def trainer(self, run: Run):
+        class TokenizedDPOTrainer(self.trl.DPOTrainer):
+            """Takes zhllama's template-tokenized `prompt_ids`/`chosen_ids`/`rejected_ids` as they are."""
+
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                return dataset
+
+        return self.trl_trainer(run, TokenizedDPOTrainer)
+
+    def task_metrics(self, run: Run) -> dict:
+        first_margin, last_margin = self.first_last(run, "rewards/margins")
+        _, last_accuracy = self.first_last(run, "rewards/accuracies")
+        result = {
+            "loss_type": ",".join(run.cfg.losses()),
+            "beta": run.cfg.beta,
+            "first_reward_margin": first_margin,
+            "final_reward_margin": last_margin,
+            "final_reward_accuracy": last_accuracy,
+        }
+        if run.eval_set is not None:
+            evaluated = run.trainer.evaluate()
+            result.update(
+                eval_reward_margin=evaluated["eval_rewards/margins"],
+                eval_reward_accuracy=evaluated["eval_rewards/accuracies"],
+            )
+        return result
 
 
 # ---- ppo (RLOO) ---------------------------------------------------------------------------------
@@ -245,88 +213,100 @@ def load_reward_model(path: Path, tokenizer, dtype):
     return model
 
 
-def ppo(cfg: PpoConfig) -> dict:
+class Ppo(TrlTask):
     """RL from a reward model with KL control to the reference policy (TRL RLOO; see the module docstring)."""
-    import torch
-    from datasets import Dataset
 
-    trl = align.trl()
+    kind, config, trl_config = "ppo", PpoConfig, "RLOOConfig"
+    curves = {
+        "reward.png": ("reward-model score", [("reward", "train"), ("eval_reward", "validation")]),
+        "kl.png": ("KL to reference (per token)", [("kl", "KL")]),
+    }
 
-    num_generations, max_new, beta = cfg.num_generations, cfg.max_completion_length, cfg.kl_coef
-    cfg, tokenizer = _check(cfg, cfg.reward_model)
-    template, system, max_len = _template_settings(cfg)
-    files = expand_files(cfg.data, (".json", ".jsonl"))
-    prompts: dict[str, list[int]] = {}
-    too_long = 0
-    for _source, _index, messages in data.read_prompts(files):
-        ids = data.encode_prompt(tokenizer, template, messages, system)
-        if len(ids) > max_len:
-            too_long += 1
-            continue
-        prompts.setdefault(template.render_text(list(messages), system=system, add_generation_prompt=True), ids)
-    if too_long:
-        console.warn(f"{too_long} prompts are longer than --max-seq-length {max_len} and were skipped")
-    if not prompts:
-        raise UserError(f"no prompt fits in --max-seq-length {max_len}")
-    dataset = Dataset.from_dict({"prompt": list(prompts)})
-    train_set, eval_set = split(dataset, cfg.validation_split, cfg.seed)
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    reward_model = load_reward_model(Path(cfg.reward_model), tokenizer, dtype)
-    args = align.trl_config(
-        trl.RLOOConfig,
-        cfg,
-        eval_set is not None,
-        per_device_train_batch_size=cfg.per_device_train_batch_size * num_generations,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size * num_generations,
-        num_generations=num_generations,
-        max_completion_length=max_new,
-        temperature=cfg.temperature,
-        beta=beta,
-        top_k=0,
-        top_p=1.0,
-    )
-    align.check_output(cfg)
-    model, resized = align.load_base(cfg, tokenizer)
-    model.generation_config.eos_token_id = tokenizer.eos_id
-    model.generation_config.pad_token_id = tokenizer.pad_id
-    model, peft_config = align.peft_setup(cfg, model, "CAUSAL_LM")
-    scorer = RewardModelScorer(reward_model.to(model.device), tokenizer.pad_id, prompts)
+    def inputs(self, cfg):
+        return [cfg.reward_model]
 
-    class TokenizedRLOOTrainer(trl.RLOOTrainer):
-        """Prompts are tokenized by zhllama's template (sentencepiece semantics), not by the HF tokenizer."""
+    def prepare(self, run: Run) -> None:
+        """Prompts (tokenized with the template; too long ones skipped) and the reward model."""
+        import torch
+        from datasets import Dataset
 
-        def _tokenize_prompts(self, batch):
-            return [prompts[p] for p in batch], None, {}
-
-    with align.stdout_to_stderr():
-        trainer = TokenizedRLOOTrainer(
-            model=model,
-            reward_funcs=scorer,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            processing_class=tokenizer.hf,
-            peft_config=peft_config,
+        cfg, tokenizer = run.cfg, run.tokenizer
+        system, max_len = cfg.system_prompt, cfg.max_seq_length
+        prompts: dict[str, list[int]] = {}
+        too_long = 0
+        for _source, _index, messages in data.read_prompts(expand_files(cfg.data, PREFERENCE_SUFFIXES)):
+            ids = data.encode_prompt(tokenizer, self.template, messages, system)
+            if len(ids) > max_len:
+                too_long += 1
+                continue
+            text = self.template.render_text(list(messages), system=system, add_generation_prompt=True)
+            prompts.setdefault(text, ids)
+        if too_long:
+            console.warn(f"{too_long} prompts are longer than --max-seq-length {max_len} and were skipped")
+        if not prompts:
+            raise UserError(f"no prompt fits in --max-seq-length {max_len}")
+        run.train_set, run.eval_set = split(
+            Dataset.from_dict({"prompt": list(prompts)}), cfg.validation_split, cfg.seed
         )
-    align.fp32_trainables(trainer, cfg)
+        run.skipped = too_long
+        dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        run.state["prompts"] = prompts
+        run.state["reward_model"] = load_reward_model(Path(cfg.reward_model), tokenizer, dtype)
 
-    def metrics():
-        first_reward, last_reward = align.first_last(trainer, "reward")
-        first_kl, last_kl = align.first_last(trainer, "kl")
+    def trl_settings(self, run: Run) -> dict:
+        cfg = run.cfg
+        return {
+            "per_device_train_batch_size": cfg.per_device_train_batch_size * cfg.num_generations,
+            "per_device_eval_batch_size": cfg.per_device_eval_batch_size * cfg.num_generations,
+            "num_generations": cfg.num_generations,
+            "max_completion_length": cfg.max_completion_length,
+            "temperature": cfg.temperature,
+            "beta": cfg.kl_coef,
+            "top_k": 0,
+            "top_p": 1.0,
+        }
+
+    def trainer(self, run: Run):
+        model, tokenizer, prompts = run.model, run.tokenizer, run.state["prompts"]
+        model.generation_config.eos_token_id = tokenizer.eos_id
+        model.generation_config.pad_token_id = tokenizer.pad_id
+        scorer = RewardModelScorer(run.state["reward_model"].to(model.device), tokenizer.pad_id, prompts)
+
+        class TokenizedRLOOTrainer(self.trl.RLOOTrainer):
+            """Prompts are tokenized by zhllama's template (sentencepiece semantics), not by the HF tokenizer."""
+
+            def _tokenize_prompts(self, batch):
+                return [prompts[p] for p in batch], None, {}
+
+        return self.trl_trainer(run, TokenizedRLOOTrainer, reward_funcs=scorer)
+
+    def task_metrics(self, run: Run) -> dict:
+        cfg = run.cfg
+        first_reward, last_reward = self.first_last(run, "reward")
+        first_kl, last_kl = self.first_last(run, "kl")
         return {
             "algorithm": "rloo",
-            "kl_coef": beta,
-            "num_generations": num_generations,
+            "kl_coef": cfg.kl_coef,
+            "num_generations": cfg.num_generations,
             "first_reward": first_reward,
             "final_reward": last_reward,
             "first_kl": first_kl,
             "final_kl": last_kl,
             "reward_model": str(cfg.reward_model),
-            **({"eval_reward": trainer.evaluate().get("eval_reward")} if eval_set is not None else {}),
+            **({"eval_reward": run.trainer.evaluate().get("eval_reward")} if run.eval_set is not None else {}),
         }
 
-    curves = {
-        "reward.png": ("reward-model score", [("reward", "train"), ("eval_reward", "validation")]),
-        "kl.png": ("KL to reference (per token)", [("kl", "KL")]),
-    }
-    return align.train(trainer, cfg, "ppo", tokenizer, len(train_set), metrics, curves, too_long, resized)
+
+def rm(cfg: RmConfig) -> dict:
+    """Reward model: a sequence-classification head (one label) trained on chosen > rejected."""
+    return train(Rm(), cfg)
+
+
+def dpo(cfg: DpoConfig) -> dict:
+    """Direct preference optimisation; with LoRA the reference is the model with the adapter disabled."""
+    return train(Dpo(), cfg)
+
+
+def ppo(cfg: PpoConfig) -> dict:
+    """RL from a reward model with KL control to the reference policy (TRL RLOO)."""
+    return train(Ppo(), cfg)

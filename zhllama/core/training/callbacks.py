@@ -10,12 +10,14 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from zhllama.core import console
+from zhllama.core.training.output import PROGRESS_FILE
 
 
 class ProgressCallback(TrainerCallback):
     """Counts trained tokens (non-padding inputs) and shows step, loss and tokens/s."""
 
-    def __init__(self):
+    def __init__(self, kind: str = ""):
+        self.kind = kind  # recorded in every checkpoint: --resume refuses another task's
         self.tokens = 0
         self.earlier_seconds = 0.0  # training time before a --resume
         self.earlier_tokens = 0
@@ -53,10 +55,9 @@ class ProgressCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         """Record tokens (summed over ranks) and seconds so far in the checkpoint just written."""
-        from zhllama.core.training.runner import PROGRESS_FILE
+        import torch
 
         tokens = self.tokens
-        import torch
 
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             total = torch.tensor([tokens], dtype=torch.long)
@@ -66,7 +67,11 @@ class ProgressCallback(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 tmp = folder / f".{PROGRESS_FILE}.{os.getpid()}"
-                tmp.write_text(json.dumps({"tokens": tokens, "seconds": self.seconds(), "step": state.global_step}))
+                tmp.write_text(
+                    json.dumps(
+                        {"kind": self.kind, "tokens": tokens, "seconds": self.seconds(), "step": state.global_step}
+                    )
+                )
                 os.replace(tmp, folder / PROGRESS_FILE)
 
     def tokens_per_second(self) -> float:

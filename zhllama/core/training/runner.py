@@ -1,477 +1,271 @@
-"""The shared training runner behind `zhllama pretrain` and `zhllama sft`.
+"""The one training pipeline behind pretrain, sft, rm, dpo and ppo.
 
-Output layout of `--output OUT`:
-- `OUT/checkpoints/checkpoint-N/`: Trainer checkpoints (what `--resume` continues from);
-- the final artifacts (`adapter_model.safetensors` + `adapter_config.json`, or the full model with
-  `--full`; tokenizer files; `train_summary.json`; `loss.png`) are written into a temporary folder
-  and moved into OUT only after training succeeded, `train_summary.json` last. An interrupted run
-  therefore leaves checkpoints but nothing that looks like a finished result.
+    check -> tokenizer -> prepare -> load -> wrap -> arguments -> datasets -> trainer -> train
+          -> summary -> final write
+
+Each task is a `Task` (a spec, as torchtune's recipes): it names its config class, the model head
+(causal LM or a one-score reward head), whether its Trainer applies LoRA itself (TRL), and fills the
+lifecycle hooks (axolotl's pattern): its own checks, work before the model loads (`prepare`), the
+TrainingArguments (`arguments`), the datasets and collator, the Trainer, the token count, its metrics
+and curves. Everything else is the pipeline's and is the same for every task:
+
+- every option and path is checked before anything is written (the output may not be or contain an
+  input, even with --force); a run that fails before its first checkpoint leaves no output folder;
+- the seed is set right before the model loads (LoRA init and new embedding rows do not depend on
+  earlier work in the process); the model is loaded, resized for a larger tokenizer, and wrapped;
+- `--resume` continues from the newest complete checkpoint, validated first (`output.py`), and the
+  summary (tokens, seconds, losses) covers the whole run;
+- under ZeRO-3 every rank gathers the partitioned weights; rank 0 writes the final files (`output.py`).
+
+Libraries' prints (DeepSpeed's op builder, TRL's import) go to stderr: stdout is the command's (`--json`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import asdict
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zhllama.core import console
-from zhllama.core.assets import config_path
 from zhllama.core.errors import UserError
-from zhllama.core.training.config import DEFAULT_TARGETS, TrainConfig
+from zhllama.core.training import output
 
-__all__ = ["DEFAULT_TARGETS", "TrainConfig", "train", "training_arguments"]
-
-DEEPSPEED_PRESETS = {"zero2": "ds_zero2.json", "zero3": "ds_zero3.json"}
-FINAL_FILES_LAST = "train_summary.json"
-PROGRESS_FILE = "zhllama_progress.json"  # in each checkpoint: tokens and seconds so far (for --resume)
-OVERRIDES_FILE = "zhllama_overrides.json"  # in a LoRA output: config changes `zhllama merge` applies
+# Curves drawn from the trainer's log history: file name -> (y label, [(log key, legend), ...]).
+Curves = dict[str, tuple[str, list[tuple[str, str]]]]
 
 
-def single_process_rendezvous() -> None:
-    """`--deepspeed` without a launcher (torchrun / deepspeed): declare one process on a free local
-    port; otherwise DeepSpeed looks for MPI to find its peers (and fails without mpi4py)."""
-    import socket
+@dataclass
+class Run:
+    """What the pipeline and the task's hooks build, step by step."""
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cfg: Any
+    tokenizer: Any = None
+    model: Any = None
+    peft_config: Any = None
+    overrides: dict = field(default_factory=dict)
+    resized: bool = False
+    vocab_rows: int = 0
+    args: Any = None
+    train_set: Any = None
+    eval_set: Any = None
+    collator: Any = None
+    skipped: int | None = None  # examples left out (too long); None where the task drops none
+    resume_from: Path | None = None
+    progress: Any = None
+    trainer: Any = None
+    result: Any = None
+    state: dict = field(default_factory=dict)  # the task's own things (prompts, reward model, ...)
 
-
-def training_arguments(cfg: TrainConfig, has_eval: bool, streaming: bool = False):
-    """Map the config onto `transformers.TrainingArguments` (transformers 5 field names)."""
-    import torch
-    from transformers import TrainingArguments
-
-    deepspeed = cfg.deepspeed
-    if deepspeed in DEEPSPEED_PRESETS:
-        deepspeed = str(config_path(DEEPSPEED_PRESETS[deepspeed]))
-    elif deepspeed is not None and not Path(deepspeed).is_file():
-        raise UserError(f"--deepspeed: {deepspeed}: no such file (or use zero2 / zero3)")
-    if deepspeed is not None and "RANK" not in os.environ:
-        single_process_rendezvous()
-    cpu = not torch.cuda.is_available()
-    values = dict(
-        output_dir=str(cfg.output / "checkpoints"),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a value < 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim,
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        adam_epsilon=cfg.adam_epsilon,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
-        eval_steps=cfg.eval_steps,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=cfg.bf16,
-        fp16=cfg.fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        torch_compile=cfg.torch_compile,
-        neftune_noise_alpha=cfg.neftune_noise_alpha,
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        ddp_timeout=cfg.ddp_timeout,
-        deepspeed=deepspeed,
-        report_to=[] if cfg.report_to in ("none", "") else cfg.report_to.split(","),
-        use_cpu=cpu,
-        ddp_backend="gloo" if cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-    )
-    if streaming:  # every rank reads its own shard of the stream (see data.py)
-        values["accelerator_config"] = {"dispatch_batches": False}
-    values.update(cfg.trainer_overrides())
-    try:
-        return TrainingArguments(**values)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"training arguments: {str(exc).splitlines()[0]}") from exc
+    @property
+    def has_eval(self) -> bool:
+        return self.cfg.validation_split > 0
 
 
-def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints whose trainer_state.json (written last by the Trainer) parses, oldest first."""
-    found = []
-    for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else ():
-        try:
-            step = int(ckpt.name.rsplit("-", 1)[1])
-            json.loads((ckpt / "trainer_state.json").read_text())
-        except (ValueError, OSError):
-            continue
-        found.append((step, ckpt))
-    return [c for _, c in sorted(found)]
+class Task:
+    """A training task: the spec the pipeline runs (see the module docstring)."""
+
+    kind: str = ""
+    config: type = object
+    head: str = "causal"  # or "reward": a one-score sequence-classification head
+    lora_by_trainer: bool = False  # TRL's trainers take a LoraConfig and wrap the model themselves
+    always_save: tuple[str, ...] = ()  # modules trained fully in every LoRA run (a reward model's score)
+    curves: Curves = {}  # drawn besides loss.png, and kept in the summary
+
+    def configure(self, cfg) -> Any:
+        """The config to run (before it is validated)."""
+        return cfg
+
+    def check(self, cfg) -> None:
+        """The task's own checks of a validated config, before anything is written."""
+
+    def inputs(self, cfg) -> list[Path | None]:
+        """Inputs besides the option groups' that the output may not be or contain."""
+        return []
+
+    def tokenizer(self, cfg):
+        from zhllama.core.tokenizer import ZhTokenizer
+
+        return ZhTokenizer(cfg.tokenizer or cfg.adapter or cfg.model)
+
+    def prepare(self, run: Run) -> None:
+        """Work before the model loads (and before the seed is set)."""
+
+    def arguments(self, run: Run):
+        """The TrainingArguments (or a TRL subclass)."""
+        from zhllama.core.training.arguments import training_arguments
+
+        return training_arguments(run.cfg, run.has_eval)
+
+    def datasets(self, run: Run) -> None:
+        """Set run.train_set, run.eval_set and run.collator."""
+        raise NotImplementedError
+
+    def trainer(self, run: Run):
+        raise NotImplementedError
+
+    def tokens(self, run: Run) -> int:
+        return run.progress.tokens
+
+    def metrics(self, run: Run) -> dict:
+        """The task's own summary entries (after training)."""
+        return {}
 
 
-def resume_checkpoint(cfg: TrainConfig) -> Path:
-    """The newest complete checkpoint; newer incomplete ones (a kill mid-write) are removed."""
-    folder = cfg.output / "checkpoints"
-    complete = complete_checkpoints(folder)
-    if not complete:
-        raise UserError(f"{cfg.output}: --resume needs a complete checkpoint in {folder}, none found")
-    newest = complete[-1]
-    if int(os.environ.get("RANK", "0")) == 0:
-        step = int(newest.name.rsplit("-", 1)[1])
-        for ckpt in folder.glob("checkpoint-*"):
-            tail = ckpt.name.rsplit("-", 1)[1]
-            if ckpt not in complete and (not tail.isdigit() or int(tail) > step):
-                console.warn(
-                    f"{ckpt}: incomplete checkpoint (no trainer_state.json) removed; resuming from {newest.name}"
-                )
-                shutil.rmtree(ckpt, ignore_errors=True)
-    return newest
-
-
-def _only_empty_checkpoints(out: Path) -> bool:
-    entries = list(out.iterdir())
-    return all(e.name == "checkpoints" and e.is_dir() and not complete_checkpoints(e) for e in entries)
-
-
-def _check_output(cfg: TrainConfig) -> None:
-    """Validate options and paths, then clear OUT for a fresh run (never an input, even with --force)."""
-    check_run(cfg)
-    if cfg.resume:
-        resume_checkpoint(cfg)
-    clear_output(cfg)
-
-
-def rope_overrides(cfg: TrainConfig, config) -> dict:
-    """Config changes for --rope-scaling/--rope-factor/--model-max-length ({} when none given).
-
-    Written into a --full model's config.json by save_pretrained, and as `zhllama_overrides.json`
-    next to a LoRA adapter (`{"config": {...}}`), which `zhllama merge` applies to the merged config.
-    """
-    out: dict = {}
-    original = int(config.max_position_embeddings)
-    if cfg.rope_scaling is not None:
-        current = getattr(config, "rope_parameters", None) or {}
-        if current.get("rope_type", "default") != "default":
-            raise UserError(
-                f"{cfg.model}: the model already has rope scaling {current.get('rope_type')} "
-                f"(factor {current.get('factor')}); --rope-scaling would apply a second one"
-            )
-        scaling = {"rope_type": cfg.rope_scaling, "type": cfg.rope_scaling, "factor": float(cfg.rope_factor)}
-        if cfg.rope_scaling == "yarn":
-            scaling["original_max_position_embeddings"] = original
-        out["rope_scaling"] = scaling
-        out["max_position_embeddings"] = cfg.model_max_length or int(original * cfg.rope_factor)
-    elif cfg.model_max_length is not None:
-        out["max_position_embeddings"] = cfg.model_max_length
-    return out
-
-
-def apply_overrides(config, overrides: dict) -> None:
-    if "rope_scaling" in overrides:
-        scaling = {k: v for k, v in overrides["rope_scaling"].items() if k != "type"}
-        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
-        config.rope_parameters = {**({"rope_theta": theta} if theta is not None else {}), **scaling}
-    if "max_position_embeddings" in overrides:
-        config.max_position_embeddings = overrides["max_position_embeddings"]
-
-
-def load_model(cfg: TrainConfig):
-    """The base model, with the rope overrides applied to its config; (model, overrides)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if not (cfg.model / "config.json").is_file():
-        raise UserError(f"{cfg.model}: not a model folder (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(str(cfg.model), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{cfg.model / 'config.json'}: cannot read model config: {exc}") from exc
-    overrides = rope_overrides(cfg, config)
-    apply_overrides(config, overrides)
-    kwargs = {"config": config, "dtype": torch.float32, "attn_implementation": cfg.attn, "trust_remote_code": False}
-    if cfg.bf16:
-        kwargs["dtype"] = torch.bfloat16
-    if cfg.qlora is not None:
-        from zhllama.core.loading.quantization import quantization_for
-
-        on_gpu = torch.cuda.is_available()
-        settings = {"double_quant": True} if cfg.qlora == 4 else {}
-        kwargs["quantization_config"] = quantization_for(f"{cfg.qlora}bit", config, on_gpu, "float32", **settings)
-        kwargs["device_map"] = None if on_gpu else {"": "cpu"}
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(cfg.model), **kwargs), overrides
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{cfg.model}: cannot load model: {exc}") from exc
-
-
-def wrap_model(model, cfg: TrainConfig):
-    """LoRA (or a continued adapter) unless `--full`."""
-    if cfg.full:
-        if cfg.qlora is not None:
-            raise UserError("--full and --qlora cannot be combined (a quantized base cannot be fully trained)")
-        return model
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-
-    if cfg.qlora is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    if cfg.adapter is not None:
-        if not (cfg.adapter / "adapter_config.json").is_file():
-            raise UserError(f"{cfg.adapter}: not a PEFT adapter folder (no adapter_config.json)")
-        try:
-            return PeftModel.from_pretrained(model, str(cfg.adapter), is_trainable=True)
-        except RuntimeError as exc:  # an adapter trained for another base: the user's mistake
-            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
-            if detail is None:
-                raise
-            raise UserError(f"{cfg.adapter}: adapter does not fit {cfg.model}: {detail}") from exc
-    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise UserError(f"--lora-targets: module(s) {', '.join(missing)} not found in the model")
-    to_save = [m.strip() for m in cfg.modules_to_save.split(",") if m.strip()] or None
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        modules_to_save=to_save,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def plot_loss(losses: list[tuple[int, float]], eval_losses: list[tuple[int, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if losses:
-        ax.plot(*zip(*losses, strict=True), label="train")
-    if eval_losses:
-        ax.plot(*zip(*eval_losses, strict=True), marker="o", label="eval")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
-    """Run a training job; `build_datasets(tokenizer, training_args)` -> (train, eval|None, collator).
-
-    Every option and path is checked before anything is written; a run that fails before its first
-    checkpoint leaves no output folder behind; `--resume` continues from the newest complete
-    checkpoint, and the summary (tokens, seconds, losses) covers the whole run. Libraries' prints
-    (DeepSpeed's op builder) go to stderr: stdout is the command's (`--json`).
-    """
-    import contextlib
-    import sys
-
+def train(task: Task, cfg) -> dict:
+    """Run `task` with `cfg`; returns the summary (also written as OUT/train_summary.json)."""
     with contextlib.redirect_stdout(sys.stderr):
-        return _train(cfg, build_datasets, kind)
+        return _train(task, cfg)
 
 
-def _train(cfg: TrainConfig, build_datasets: Callable, kind: str) -> dict:
-    import torch
-    from transformers import Trainer, set_seed
+def check_run(cfg, inputs=()) -> Any:
+    """Every check that writes nothing (after `cfg.validate()`): the output against every input, the model source
+    (a Meta/TencentPretrain `--model` is converted into the zhllama cache once, never into the output),
+    a continued adapter, and the output folder itself. Returns the config with an absolute model path
+    (a LoRA adapter records it as its base)."""
+    from zhllama.core.checkpoint.sources import resolve_model
+    from zhllama.core.paths import check_output
 
-    from zhllama.core.tokenizer import ZhTokenizer
-    from zhllama.core.training.callbacks import ProgressCallback
-    from zhllama.core.training.collate import NUM_TOKENS
-    from zhllama.core.training.embeddings import resize_for_tokenizer
+    check_output(cfg.output, [*cfg.inputs(), *inputs])
+    model = resolve_model(cfg.model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
+    check_output(cfg.output, [model])
+    cfg = dataclasses.replace(cfg, model=Path(model).resolve())
+    if cfg.adapter is not None:
+        _check_adapter(cfg.adapter)
+    output.check_folder(cfg)
+    return cfg
 
-    check_run(cfg)
-    _quiet_deepspeed(cfg)
-    set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
-    tok_path = cfg.tokenizer or cfg.adapter or cfg.model
-    tokenizer = ZhTokenizer(tok_path)
-    base_tokenizer = None
-    if any((cfg.model / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
-        base_tokenizer = ZhTokenizer(cfg.model)
-    model, overrides = load_model(cfg)
-    resized = resize_for_tokenizer(model, tokenizer, base_tokenizer)
-    if resized and "embed_tokens" not in cfg.modules_to_save and not cfg.full:
-        console.warn("the vocabulary grew but embed_tokens is not in --modules-to-save: new rows stay untrained")
-    model = wrap_model(model, cfg)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]  # before ZeRO-3 partitions it
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing and cfg.qlora is None:
-        model.gradient_checkpointing_enable() if cfg.full else model.base_model.model.gradient_checkpointing_enable()
-        if not cfg.full:
-            model.enable_input_require_grads()
 
-    args = training_arguments(cfg, has_eval=cfg.validation_split > 0, streaming=cfg.streaming)
-    train_set, eval_set, collator = build_datasets(tokenizer, args)
-    resume_from = resume_checkpoint(cfg) if cfg.resume else None
-    progress = ProgressCallback()
-    if resume_from is not None:
-        progress.restore(resume_from / PROGRESS_FILE, main=int(os.environ.get("RANK", "0")) == 0)
-
-    class CountingTrainer(Trainer):
-        """Counts real tokens per step from the collator's NUM_TOKENS (which the model must not see)."""
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            progress.count_batch(int(inputs.pop(NUM_TOKENS, 0)))
-            return super().training_step(model, inputs, num_items_in_batch)
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            inputs.pop(NUM_TOKENS, None)
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-
-    clear_output(cfg)
+def _check_adapter(path: Path) -> None:
     try:
-        trainer = CountingTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=collator,
-            callbacks=[progress],
-        )
-        from transformers.trainer_callback import PrinterCallback
+        from zhllama.core.checkpoint.validate import validate_adapter_dir
+    except ImportError:  # pragma: no cover - the validation module ships with zhllama
+        validate_adapter_dir = None
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+    if validate_adapter_dir is not None:
+        validate_adapter_dir(path)
 
-        trainer.remove_callback(PrinterCallback)  # logs go to our progress bar and train_summary.json
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+def _train(task: Task, cfg) -> dict:
+    import torch
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from zhllama.core.training import model as models
+    from zhllama.core.training.arguments import quiet_deepspeed
+    from zhllama.core.training.callbacks import ProgressCallback
+
+    cfg = task.configure(cfg)
+    cfg.validate()
+    task.check(cfg)
+    cfg = check_run(cfg, task.inputs(cfg))
+    run = Run(cfg)
+    run.resume_from = output.resume_checkpoint(cfg, task.kind) if cfg.resume else None  # validated
+    quiet_deepspeed(cfg)
+    run.tokenizer = task.tokenizer(cfg)
+    task.prepare(run)
+
+    set_seed(cfg.seed)  # LoRA init and new embedding rows must not depend on earlier work in the process
+    pad_id = run.tokenizer.pad_id if task.head == "reward" else None
+    run.model, run.overrides = models.load_model(cfg, task.head, pad_id)
+    run.resized = len(run.tokenizer) > run.model.config.vocab_size and models.resize(run.model, cfg, run.tokenizer)
+    run.model.config.use_cache = False
+    run.model, run.peft_config = models.wrap_model(cfg, run.model, task.head, task.always_save, task.lora_by_trainer)
+    run.vocab_rows = run.model.get_input_embeddings().weight.shape[0]  # before ZeRO-3 partitions it
+
+    run.args = task.arguments(run)
+    task.datasets(run)
+    run.progress = ProgressCallback(task.kind)
+    if run.resume_from is not None:
+        run.progress.restore(run.resume_from / output.PROGRESS_FILE, main=output.is_main())
+    output.clear_output(cfg)
+    try:
+        run.trainer = task.trainer(run)
+        run.trainer.add_callback(run.progress)
+        run.trainer.remove_callback(PrinterCallback)  # logs go to our progress bar and train_summary.json
+        resume = str(run.resume_from) if run.resume_from else None
+        run.result = run.trainer.train(resume_from_checkpoint=resume)
     except BaseException:
-        _remove_if_no_checkpoint(cfg.output)
+        output.remove_if_no_checkpoint(cfg.output)
         raise
-    tokens = progress.tokens
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        total = torch.tensor([tokens], dtype=torch.long)
-        torch.distributed.all_reduce(total)
-        tokens = int(total.item())
-    metrics = {}
-    if eval_set is not None:
-        metrics = trainer.evaluate()
-        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    losses, eval_losses = history(trainer.state.log_history)
-    seconds = progress.seconds()
-    summary = {
-        "kind": kind,
-        "steps": trainer.state.global_step,
-        "tokens": tokens,
-        "train_loss": result.training_loss,
-        "final_loss": losses[-1][1] if losses else result.training_loss,
-        "first_loss": losses[0][1] if losses else None,
-        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
-        "seconds": seconds,
-        "resumed_from": int(resume_from.name.rsplit("-", 1)[1]) if resume_from else None,
-        "resized_vocab": resized,
-        "vocab_size": vocab_rows,
-        "train_examples": len(train_set) if hasattr(train_set, "__len__") else None,
-        **({"config_overrides": overrides} if overrides else {}),
-        **{k: v for k, v in metrics.items() if k.startswith("eval_")},
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-    }
-    state_dict = None
-    if getattr(trainer, "is_deepspeed_enabled", False):  # every rank: ZeRO-3 gathers the partitions
-        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)
+    summary = _summary(task, run)
+    trainer = run.trainer
+    state = None
+    plugin = trainer.accelerator.state.deepspeed_plugin if getattr(trainer, "is_deepspeed_enabled", False) else None
+    if plugin is not None and plugin.zero_stage == 3:  # gather the partitioned weights (a collective: every rank)
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed)
     if trainer.is_world_process_zero():
-        final_model = trainer.accelerator.unwrap_model(trainer.model)
-        _write_final(cfg, final_model, tokenizer, summary, (losses, eval_losses), overrides, state_dict)
+        _write_final(task, run, summary, state)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return summary
 
 
-def _quiet_deepspeed(cfg: TrainConfig) -> None:
-    """DeepSpeed logs to stdout (which `--json` owns): send its log lines to stderr when it is used.
-    (The CLI names DeepSpeed's accelerator on CPU machines, so its detection warning never prints.)"""
-    if cfg.deepspeed is not None:
-        import sys
-
-        try:
-            from deepspeed.utils.logging import logger
-        except ImportError as exc:
-            raise UserError("--deepspeed needs the deepspeed package (pip install 'zhllama[deepspeed]')") from exc
-        for handler in logger.handlers:
-            if getattr(handler, "stream", None) is sys.stdout:
-                handler.setStream(sys.stderr)
-
-
-def check_run(cfg: TrainConfig) -> None:
-    """Every check of `_check_output` that writes nothing (a Meta/TencentPretrain `--model` is converted
-    into the zhllama cache once, never into the output)."""
-    from zhllama.core.checkpoint.sources import resolve_model
-    from zhllama.core.paths import check_output
-
-    cfg.validate()
-    check_output(cfg.output, [cfg.model, cfg.tokenizer, cfg.adapter, cfg.cache_dir, cfg.deepspeed, *cfg.data])
-    cfg.model = resolve_model(cfg.model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
-    check_output(cfg.output, [cfg.model])
-    out = cfg.output
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: output path is an existing file")
-    if cfg.resume:
-        if not complete_checkpoints(out / "checkpoints"):
-            raise UserError(f"{out}: --resume needs a complete checkpoint in {out / 'checkpoints'}, none found")
-        return
-    if out.is_dir() and any(out.iterdir()) and not cfg.force and not _only_empty_checkpoints(out):
-        raise UserError(f"{out}: output directory exists and is not empty (use --force, or --resume)")
+def _summary(task: Task, run: Run) -> dict:
+    trainer, cfg = run.trainer, run.cfg
+    tokens = task.tokens(run)
+    metrics = task.metrics(run)
+    log = trainer.state.log_history
+    losses = output.history(log, "loss")
+    seconds = run.progress.seconds()
+    summary = {
+        "kind": task.kind,
+        "steps": trainer.state.global_step,
+        "tokens": tokens,
+        "train_loss": run.result.training_loss,
+        "first_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else run.result.training_loss,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+        "resumed_from": int(run.resume_from.name.rsplit("-", 1)[1]) if run.resume_from else None,
+        "train_examples": len(run.train_set) if hasattr(run.train_set, "__len__") else None,
+        **({"skipped_examples": run.skipped} if run.skipped is not None else {}),
+        "resized_vocab": run.resized,
+        "vocab_size": run.vocab_rows,
+        **({"config_overrides": run.overrides} if run.overrides else {}),
+        **{k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
+    }
+    if task.curves:
+        summary["curves"] = {key: output.history(log, key) for _, series in task.curves.values() for key, _ in series}
+    summary["config"] = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return summary
 
 
-def clear_output(cfg: TrainConfig) -> None:
-    """Empty OUT for a fresh run (checked by `check_run`; global rank 0, which writes every checkpoint, does it)."""
-    out = cfg.output
-    if not cfg.resume and out.is_dir() and any(out.iterdir()) and int(os.environ.get("RANK", "0")) == 0:
-        shutil.rmtree(out)
+def _write_final(task: Task, run: Run, summary: dict, state=None) -> None:
+    """Model or adapter, tokenizer, loss.png and the task's curves, then `train_summary.json` (moved in last).
+
+    `state`: the gathered state dict under ZeRO-3 (the live parameters are partitions)."""
+    from peft import PeftModel
+
+    cfg, log = run.cfg, run.trainer.state.log_history
+    with output.final_files(cfg.output, summary) as tmp:
+        model = run.trainer.accelerator.unwrap_model(run.trainer.model)
+        saving = {"state_dict": state} if state is not None else {}
+        if isinstance(model, PeftModel):  # only the trained adapter (not TRL's frozen "ref" copy)
+            saving["selected_adapters"] = ["default"]
+        model.save_pretrained(str(tmp), **saving)
+        if run.overrides and not cfg.full:
+            (tmp / output.OVERRIDES_FILE).write_text(json.dumps({"config": run.overrides}, indent=2) + "\n")
+        run.tokenizer.save(tmp)
+        train_eval = [("train", output.history(log, "loss"), None), ("eval", output.history(log, "eval_loss"), "o")]
+        output.plot(tmp / "loss.png", "loss", train_eval)
+        for name, (ylabel, series) in task.curves.items():
+            points = [(label, output.history(log, key)) for key, label in series]
+            output.plot(tmp / name, ylabel, [(label, p, "." if len(p) < 30 else None) for label, p in points])
+    console.log(f"wrote {cfg.output}")
 
 
-def _remove_if_no_checkpoint(out: Path) -> None:
-    """After a failed run: remove what it created unless a checkpoint (something to resume) exists."""
-    if int(os.environ.get("RANK", "0")) != 0 or not out.is_dir():
-        return
-    if complete_checkpoints(out / "checkpoints"):
-        return
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir() and not any(p.name.startswith("checkpoint-") for p in ckpts.iterdir()):
-        shutil.rmtree(ckpts, ignore_errors=True)
-    if not any(out.iterdir()):
-        out.rmdir()
+def distributed_sum(value: int) -> int:
+    """`value` summed over the ranks of a distributed run (itself in one process)."""
+    import torch
 
-
-def history(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(step, loss) and (step, eval_loss) from the Trainer's log history (restored on --resume)."""
-    losses = [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
-    evals = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e]
-    return losses, evals
-
-
-@contextlib.contextmanager
-def final_files(out: Path, summary: dict) -> Iterator[Path]:
-    """A temporary folder inside OUT for the final artifacts; when the block succeeds they move into
-    OUT with `train_summary.json` (written from `summary`) last, so its presence means the run finished."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-    try:
-        yield tmp
-        (tmp / FINAL_FILES_LAST).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-        names = sorted(p.name for p in tmp.iterdir() if p.name != FINAL_FILES_LAST) + [FINAL_FILES_LAST]
-        for name in names:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(tmp / name, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_final(cfg: TrainConfig, model, tokenizer, summary: dict, curves, overrides: dict, state_dict=None) -> None:
-    with final_files(cfg.output, summary) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
-        if overrides and not cfg.full:
-            (tmp / OVERRIDES_FILE).write_text(json.dumps({"config": overrides}, indent=2) + "\n")
-        tokenizer.save(tmp)
-        plot_loss(*curves, tmp / "loss.png")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = torch.tensor([value], dtype=torch.long)
+        torch.distributed.all_reduce(total)
+        return int(total.item())
+    return value
