@@ -313,3 +313,23 @@ def test_full_queue_is_a_429_in_openai_shape(runtime, live_server):
     error = full.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "rate_limit_exceeded"
     assert "--max-queue 1" in error["message"]
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324])
+def test_temperature_near_zero_draws_the_best_token(temperature):
+    """Scaled scores overflow float32 there; the draw is the T -> 0 limit (argmax), not a NaN error."""
+    import torch
+
+    from zhllama.core.generation.sampling import Sampler
+
+    logits = torch.tensor([1.0, 3.0, -2.0, 2.5])
+    for top_p in (1.0, 0.5):
+        sampler = Sampler(GenerationParams(temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0))
+        assert [sampler([0], logits) for _ in range(5)] == [1] * 5
+    boosted = Sampler(GenerationParams(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1e-300))
+    assert boosted([0, 3], logits) in (0, 3)  # the seen tokens' scores overflow to +inf: one of them
+    normal = Sampler(GenerationParams(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=4))
+    torch_draw = torch.multinomial(
+        torch.softmax(logits / 0.7, -1), 1, generator=torch.Generator().manual_seed(4)
+    )  # unchanged where nothing overflows
+    assert normal([0], logits) == int(torch_draw)

@@ -277,7 +277,7 @@ def chat_job(data: dict, defaults: GenerationParams, limits) -> Job:
         if not isinstance(message, dict):
             raise bad(where, f"expected an object, got {json_type(message)}")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad(f"{where}.role", f"expected one of system, developer, user, assistant; got {role!r}")
         for key, value in message.items():
             if key not in ("role", "content") and value is not None:

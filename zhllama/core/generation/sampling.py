@@ -16,6 +16,24 @@ def is_greedy(params: GenerationParams) -> bool:
     return params.greedy or params.temperature <= 0
 
 
+class _Temperature:
+    """transformers' `TemperatureLogitsWarper`, except where a temperature near 0 makes the scaled
+    scores overflow to +inf: then the best score is moved to 0 first (softmax does not change; the
+    draw is the T -> 0 limit, the best token, instead of NaN probabilities)."""
+
+    def __init__(self, warper, temperature: float):
+        self.warper, self.temperature = warper, temperature
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        out = self.warper(input_ids, scores)
+        if bool(torch.isposinf(out).any()) and not bool(torch.isposinf(scores).any()):
+            shifted = scores.double() - scores.max(dim=-1, keepdim=True).values.double()
+            out = (shifted / self.temperature).to(scores.dtype)  # float64: the temperature may be below float32's range
+        return out
+
+
 class Sampler:
     """Turns the logits after `ids` into one token id; draws come from a private seeded generator."""
 
@@ -34,7 +52,7 @@ class Sampler:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
         if not self.greedy:
             if params.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(params.temperature))
+                procs.append(_Temperature(TemperatureLogitsWarper(params.temperature), params.temperature))
             if params.top_k and params.top_k > 0:
                 procs.append(TopKLogitsWarper(params.top_k))
             if params.top_p is not None and params.top_p < 1.0:
@@ -62,6 +80,8 @@ class Sampler:
         if self.greedy:
             return int(torch.argmax(scores))
         probs = torch.softmax(scores, dim=-1)
+        if not bool(torch.isfinite(probs).all()):  # scores overflowed (a penalty near 0): the limit, the best
+            return int(torch.argmax(torch.nan_to_num(scores, nan=float("-inf"))))
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def __call__(self, ids: Sequence[int], logits) -> int:
