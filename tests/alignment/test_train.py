@@ -213,25 +213,57 @@ def test_resume_is_bit_exact(kind, tmp_path, tiny_base_model, separable_pairs, a
     )  # the whole curve, restored from the checkpoint's log
 
 
-def test_qlora_dpo_rm_ppo(tmp_path, tiny_base_model, separable_pairs, align_cfg):
-    """--qlora 4 trains LoRA on a bitsandbytes 4-bit base for all three (trainable heads kept in fp32)."""
+def test_qlora_dpo_rm_ppo(tmp_path, tiny_base_model, base_tokenizer, separable_pairs, align_cfg):
+    """--qlora 4 trains LoRA on a bitsandbytes 4-bit base for all three (trainable heads kept in fp32),
+    and each learns its signal: dpo's reward margin, rm's pairwise ranking, ppo's reward."""
     pytest.importorskip("bitsandbytes")
-    common = dict(qlora=4, max_steps=2, per_device_train_batch_size=2)
-    summary = dpo(align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "dpo", **common))
-    assert summary["steps"] == 2
+    from zhllama.core.alignment.tasks import RewardModelScorer, load_reward_model
+
+    common = dict(qlora=4, per_device_train_batch_size=4)
+    summary = dpo(
+        align_cfg(DpoConfig, tiny_base_model, separable_pairs, output=tmp_path / "dpo", max_steps=8, **common)
+    )
+    assert summary["steps"] == 8 and summary["first_reward_margin"] == pytest.approx(0.0, abs=1e-3)  # 4-bit noise
+    assert summary["final_reward_margin"] > 0.05
     adapter = load_file(tmp_path / "dpo" / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter) and not any(".ref." in k for k in adapter)
-    assert rm(align_cfg(RmConfig, tiny_base_model, separable_pairs, output=tmp_path / "rm", **common))["steps"] == 2
+
+    summary = rm(align_cfg(RmConfig, tiny_base_model, separable_pairs, output=tmp_path / "rm", max_steps=30, **common))
+    assert summary["steps"] == 30 and summary["accuracy"] > 0.9 and summary["margin"] > 0
+    assert "score" in json.loads((tmp_path / "rm" / "adapter_config.json").read_text())["modules_to_save"]
+    # scored here (the adapter on the full-precision base), it ranks the chosen answer above the rejected one
+    tok = ZhTokenizer(tmp_path / "rm")
+    scorer = RewardModelScorer(load_reward_model(tmp_path / "rm", tok, torch.float32), tok.pad_id, {"": []})
+    columns = data.reward_examples(
+        data.preference_examples(tok, get_template("none"), data.read_pairs([separable_pairs]), 64, None)[0]
+    )
+    chosen = scorer([""] * len(columns["chosen_ids"]), None, columns["chosen_ids"])
+    rejected = scorer([""] * len(columns["rejected_ids"]), None, columns["rejected_ids"])
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) >= 0.9 * len(chosen)
+
+    target = ZhTokenizer(base_tokenizer).encode("the")[-1]
+    target_reward_model(tmp_path / "scorer", tiny_base_model, base_tokenizer, target)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Tell me something ({i})"}) for i in range(4)) + "\n")
     cfg = align_cfg(
         PpoConfig,
         tiny_base_model,
-        separable_pairs,
+        prompts,
         output=tmp_path / "ppo",
-        reward_model=tmp_path / "rm",
+        reward_model=tmp_path / "scorer",
+        qlora=4,
+        max_steps=24,
+        per_device_train_batch_size=2,
+        num_generations=4,
         max_completion_length=3,
-        **common,
+        learning_rate=2e-2,
+        kl_coef=0.01,
     )
-    assert ppo(cfg)["steps"] == 2
+    summary = ppo(cfg)
+    rewards = [value for _, value in summary["curves"]["reward"]]
+    assert summary["steps"] == 24 and len(rewards) == 24
+    early, late = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    assert late > early + 0.5, (early, late)
 
 
 @pytest.mark.slow
