@@ -102,7 +102,7 @@ class CharTokenizer:
 
     bos_id = 1
 
-    def encode(self, text, bos=False):
+    def encode(self, text, bos=False, special=False):  # a tokenizer without the legacy switch (as llama.cpp's)
         return ([1] if bos else []) + [ord(c) for c in text]
 
     def decode(self, ids, skip_special=True):

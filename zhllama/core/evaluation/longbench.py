@@ -20,7 +20,7 @@ samsum may stop at once on a newline (the reference forbids stopping before one 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from zhllama.core import console
@@ -49,10 +49,13 @@ class LongBenchSettings:
     limit: int | None = option(None, "At most N samples per task (N >= 1).")
     e: bool = option(False, "LongBench-E: {task}_e.jsonl files, scores per length bucket (0-4k, 4-8k, 8k+).", "--e")
 
-    def checked(self, configs: dict, context_length: int | None = None) -> LongBenchSettings:
-        """A copy with defaults resolved; raises `UserError` naming the first bad option."""
+    def checked(self, configs: dict, context_length: int | None = None) -> CheckedLongBenchSettings:
+        """A checked copy (checking it again returns it as is); with `context_length` also the
+        `--max-length` it implies. Raises `UserError` naming the first bad option."""
         from zhllama.core.templates import template_names
 
+        if isinstance(self, CheckedLongBenchSettings):
+            return self.for_context(context_length) if context_length else self
         tasks = [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else list(configs)
         for task in tasks:
             if task not in configs:
@@ -63,9 +66,21 @@ class LongBenchSettings:
             raise unknown_choice("--template", self.template, template_names())
         if self.system_prompt is not None and self.template is None:
             raise UserError("--system-prompt: needs --template")
+        if self.max_length is not None and self.max_length < 2:
+            raise UserError(f"--max-length: {self.max_length} is too small")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = CheckedLongBenchSettings(**{**values, "tasks": ",".join(tasks)})
+        return out.for_context(context_length) if context_length else out
+
+
+@dataclass
+class CheckedLongBenchSettings(LongBenchSettings):
+    """`LongBenchSettings` after `checked()`: tasks resolved, every option valid."""
+
+    def for_context(self, context_length: int | None) -> CheckedLongBenchSettings:
+        """`--max-length` for a model of `context_length` positions: the given one if it fits,
+        else the model's context − 512 (the reference's 3584 when the context is unknown)."""
         max_length = self.max_length
-        if max_length is not None and max_length < 2:
-            raise UserError(f"--max-length: {max_length} is too small")
         if context_length:
             if max_length is None:
                 max_length = max(context_length - 512, context_length // 2)
@@ -74,7 +89,7 @@ class LongBenchSettings:
                     f"--max-length: {max_length} is longer than the model's context ({context_length} tokens); "
                     "extend it with --rope-scaling/--rope-factor (or --context-length)"
                 )
-        return replace(self, tasks=",".join(tasks), max_length=max_length or REFERENCE_MAX_LENGTH)
+        return replace(self, max_length=max_length or REFERENCE_MAX_LENGTH)
 
 
 CLA2_TEMPLATE = "llama2-zh"  # pred_llama2.py's fill_llama2_prompt_template
@@ -135,7 +150,7 @@ def run_longbench(
     from zhllama.core.templates import get_template
 
     configs = benchmark.tasks(data_dir)
-    settings = settings.checked(configs, model.context_length)
+    settings = settings.checked(configs).for_context(model.context_length)
     check_output_folder(output, inputs=[Path(data_dir)])
     samples = samples if samples is not None else load_samples(benchmark, data_dir, settings)
     template = get_template(settings.template) if settings.template else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from zhllama.core import console
@@ -60,11 +60,15 @@ class McqSettings:
         "logits mode: run each subject's shared few-shot prefix once and reuse its KV cache.",
         "--prefix-reuse/--no-prefix-reuse",
     )
+    plot: bool = option(False, "Also write a bar chart per category.", "--plot")
 
-    def checked(self, benchmark) -> McqSettings:
-        """A copy with the benchmark's defaults filled in; raises `UserError` naming the first bad option."""
+    def checked(self, benchmark) -> CheckedMcqSettings:
+        """A checked copy with the benchmark's defaults filled in (checking it again returns it as
+        is); raises `UserError` naming the first bad option."""
         from zhllama.core.templates import template_names
 
+        if isinstance(self, CheckedMcqSettings):
+            return self
         split = self.split or benchmark.splits[0]
         if split not in benchmark.splits:
             raise UserError(f"--split: '{split}' is not one of {', '.join(benchmark.splits)} for {benchmark.name}")
@@ -94,7 +98,13 @@ class McqSettings:
         max_new = self.max_new_tokens or (
             CLA2_MAX_NEW_TOKENS if self.prompt_style == "cla2" else DEFAULT_MAX_NEW_TOKENS
         )
-        return replace(self, split=split, shots=shots, mode=mode, max_new_tokens=max_new)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return CheckedMcqSettings(**{**values, "split": split, "shots": shots, "mode": mode, "max_new_tokens": max_new})
+
+
+@dataclass
+class CheckedMcqSettings(McqSettings):
+    """`McqSettings` after `checked()`: every default resolved, every option valid."""
 
 
 def batch_size_of(spec: str) -> int | None:
@@ -221,7 +231,7 @@ def run_mcq(
     template = get_template(settings.template) if settings.template else None
     tokenizer = model.tokenizer
     run_key = {**asdict(settings), "model": model_id, "benchmark": benchmark.name}
-    for key in ("batch_size", "limit", "subjects", "prefix_reuse"):  # these must not change predictions
+    for key in ("batch_size", "limit", "subjects", "prefix_reuse", "plot"):  # these must not change predictions
         run_key.pop(key)
     if settings.mode == "logits":  # generation settings play no part in one forward pass
         run_key.pop("seed")
@@ -264,7 +274,7 @@ def run_mcq(
         for r in records:
             submission.setdefault(r["subject"], {})[str(r["id"])] = r["prediction"]
         write_json(output / "submission.json", submission)
-    if plot:
+    if plot or settings.plot:
         plot_categories(summary, output / "categories.png", f"{benchmark.name} {settings.split}")
     return summary
 

@@ -13,11 +13,11 @@ class CEval(Exam):
     splits = ("val", "test", "dev")
     columns = {"id": "id", "question": "question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "answer"}
 
-    @classmethod
-    def typer_command(cls):
-        from zhllama.cli.commands.eval.ceval import command
-
-        return command
+    examples = (
+        "zhllama eval ceval --model merged --data-dir ceval-exam --output results/ceval --shots 5",
+        "zhllama eval ceval --model merged --data-dir ceval-exam --output results/cla2 --prompt-style cla2 --template llama2-zh",
+        "zhllama ceval --model merged --data-dir ceval-exam --split test --output results/ceval-test",
+    )
 
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         # official format: {subject: [English name, Chinese name, category]}

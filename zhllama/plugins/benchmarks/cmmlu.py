@@ -32,11 +32,10 @@ class CMMLU(Exam):
     cla2_mode = "generate"  # the CLA2 CMMLU evaluator's default --constrained_decoding False
     columns = {"id": "", "question": "Question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "Answer"}
 
-    @classmethod
-    def typer_command(cls):
-        from zhllama.cli.commands.eval.cmmlu import command
-
-        return command
+    examples = (
+        "zhllama eval cmmlu --model merged --data-dir cmmlu --output results/cmmlu --prompt-style official",
+        "zhllama eval cmmlu --model merged --data-dir cmmlu --output results/cmmlu-cla2 --prompt-style cla2",
+    )
 
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         return read_mapping(data_dir / "subject_mapping.json", "cmmlu_subjects.json", _from_official)

@@ -1,4 +1,10 @@
-"""What C-Eval and CMMLU share: a folder of per-subject CSVs plus a subject -> (name, category) mapping."""
+"""What C-Eval and CMMLU share: a folder of per-subject CSVs plus a subject -> (name, category) mapping.
+
+An exam plugin declares its command instead of building it: `settings_class` (its flags), `check`
+(the options, once, before anything is read), `prepare` (every data file, before the model
+loads), `run` and `table`. `zhllama.cli.commands.eval.builder` turns that into `zhllama eval NAME`,
+so no plugin imports the CLI.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,16 @@ from pathlib import Path
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
+from zhllama.core.evaluation.runner import McqSettings
 from zhllama.core.plugin_api import BenchmarkPlugin
 
 
 class Exam(BenchmarkPlugin):
     """A multiple-choice benchmark plugin; subclasses describe their file layout."""
+
+    settings_class = McqSettings  # the flags of `zhllama eval NAME` (the generic eval command)
+    typer_command = None  # built from `settings_class` by the eval command builder
+    examples: tuple[str, ...] = ()
 
     splits: tuple[str, ...] = ()  # the first is the default
     prompt_styles: tuple[str, ...] = ("default", "cla2")
@@ -21,12 +32,30 @@ class Exam(BenchmarkPlugin):
     shipped_mapping = ""
     columns: dict[str, str] = {}
 
-    @classmethod
-    def typer_command(cls):
-        """`zhllama eval NAME` for this exam (built lazily; the CLI imports no torch)."""
-        from zhllama.cli.commands.eval.exam import make_exam_command
+    # ---- the generic eval command: check -> prepare -> run -> table ----------------------------
+    def check(self, settings: McqSettings, data_dir: Path):
+        """The run's settings, checked once (`CheckedMcqSettings`)."""
+        return settings.checked(self)
 
-        return make_exam_command(cls.name)
+    def prepare(self, data_dir: Path, settings):
+        """(questions, dev, names, categories): every data file read and checked before the model loads."""
+        from zhllama.core.evaluation.runner import load_exam
+
+        return load_exam(self, data_dir, settings)
+
+    def run(self, model, data_dir: Path, output: Path, settings, prepared, model_id: str) -> dict:
+        from zhllama.core.evaluation.runner import run_mcq
+
+        return run_mcq(self, model, data_dir, output, settings, model_id=model_id, exam=prepared)
+
+    def table(self, summary: dict, settings):
+        from zhllama.core import console
+
+        rows = [(c, v["correct"], v["total"], round(v["accuracy"], 2)) for c, v in summary["categories"].items()]
+        overall = summary["overall"]
+        rows.append(("overall", overall["correct"], overall["total"], round(overall["accuracy"], 2)))
+        title = f"{self.name} {settings.split} ({settings.shots}-shot, {settings.mode}, {settings.prompt_style})"
+        return console.table(title, ["category", "correct", "total", "accuracy %"], rows)
 
     def mapping(self, data_dir: Path) -> dict[str, tuple[str, str]]:
         """subject -> (Chinese name, category); a mapping file in the data folder wins over the shipped one."""

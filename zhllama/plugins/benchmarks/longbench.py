@@ -12,6 +12,7 @@ from pathlib import Path
 
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
+from zhllama.core.evaluation.longbench import LongBenchSettings
 from zhllama.core.plugin_api import BenchmarkPlugin
 
 FIELDS = ("input", "context", "answers")
@@ -41,11 +42,45 @@ class LongBench(BenchmarkPlugin):
     requires = ("jieba", "rouge")
     install_hint = "pip install jieba rouge"
 
-    @classmethod
-    def typer_command(cls):
-        from zhllama.cli.commands.eval.longbench import command
+    settings_class = LongBenchSettings  # the flags of `zhllama eval longbench` (the generic eval command)
+    typer_command = None  # built from `settings_class` by the eval command builder
+    examples = (
+        "zhllama eval longbench --model merged --data-dir longbench --output results/lb --tasks dureader,lsht",
+        "zhllama eval longbench --model merged-16k --rope-scaling ntk --rope-factor 4 --max-length 15872 "
+        "--data-dir longbench --output results/lb16k",
+        "zhllama eval longbench --model merged --data-dir longbench-e --output results/lb-e --e --tasks lcc,repobench-p",
+    )
 
-        return command
+    # ---- the generic eval command: check -> prepare -> run -> table ----------------------------
+    def check(self, settings: LongBenchSettings, data_dir: Path):
+        """The options, checked once against the data folder's task configs (`CheckedLongBenchSettings`)."""
+        return settings.checked(self.tasks(data_dir))
+
+    def prepare(self, data_dir: Path, settings):
+        """task -> samples: every data file parsed before the model loads."""
+        from zhllama.core.evaluation.longbench import load_samples
+
+        return load_samples(self, data_dir, settings)
+
+    def run(self, model, data_dir: Path, output: Path, settings, prepared, model_id: str) -> dict:
+        from zhllama.core.evaluation.longbench import run_longbench
+
+        return run_longbench(self, model, data_dir, output, settings, model_id=model_id, samples=prepared)
+
+    def table(self, summary: dict, settings):
+        from zhllama.core import console
+
+        def pct(value):
+            return "-" if value is None else round(value, 2)
+
+        buckets = ("0-4k", "4-8k", "8k+") if settings.e else ()
+        rows = []
+        for task, v in summary["tasks"].items():
+            rows.append((task, v["samples"], round(v["score"], 2), *(pct(v["buckets"][b]) for b in buckets)))
+        rows += [(f"[{c}]", "", round(v, 2), *("" for _ in buckets)) for c, v in summary["categories"].items()]
+        rows.append(("average", "", round(summary["average"], 2), *(pct(summary["buckets"][b]) for b in buckets)))
+        title = f"{summary['benchmark']} (max length {summary['settings']['max_length']})"
+        return console.table(title, ["task", "samples", "score", *buckets], rows)
 
     def tasks(self, data_dir: Path | None = None) -> dict[str, dict]:
         """task -> {prompt, max_new_tokens, category}: shipped configs, then the data folder's official ones."""
