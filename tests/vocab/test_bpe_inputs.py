@@ -214,3 +214,51 @@ def test_train_byte_bpe_cli_and_its_bad_input(run_cli, tmp_path, llama3_like):
         assert not (tmp_path / "x.json").exists()
     code, _, err = run_cli("vocab", "train", "--kind", "wordpiece", "-i", zh_text, "--vocab-size", "700", "-o", out)
     assert code == 2 and "--kind" in err
+
+
+def test_new_tokens_on_unused_rows_of_a_padded_matrix_are_initialised(tmp_path, llama3_like):
+    """Qwen-style: the matrix has rows past the tokenizer; new ids land there and get the mean of the
+    base rows of their text (no resize); past the matrix, it grows and those rows are set too."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zhllama.core import bpe
+    from zhllama.core.tiny import build_tiny_llama
+    from zhllama.core.tokenizer import ZhTokenizer
+    from zhllama.core.training.embeddings import resize_for_tokenizer
+
+    base_dir, zh = llama3_like
+    words = tmp_path / "words.txt"
+    words.write_text("北京大学\n人工智能\n", encoding="utf-8")
+    bpe.merge(base_dir, [words], tmp_path / "small")
+    bpe.merge(base_dir, [zh], tmp_path / "large")
+    model_dir = build_tiny_llama(tmp_path / "m", tokenizer=base_dir, vocab_size=640, seed=0)
+    base_hf = AutoTokenizer.from_pretrained(str(base_dir))
+    base = ZhTokenizer(base_dir)
+    for name in ("small", "large"):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        before = model.get_input_embeddings().weight.detach().clone()
+        tok = ZhTokenizer(tmp_path / name)
+        assert resize_for_tokenizer(model, tok, base)
+        emb = model.get_input_embeddings().weight.detach()
+        assert torch.equal(emb[:605], before[:605])
+        if name == "small":
+            assert emb.shape[0] == 640 and torch.equal(emb[len(tok) :], before[len(tok) :])  # padding rows untouched
+            for word in ("北京大学", "人工智能"):
+                idx = tok.hf.convert_tokens_to_ids(bpe.to_byte_level(word.encode()))
+                assert 605 <= idx < 640
+                expected = base_hf.encode(word, add_special_tokens=False)
+                assert torch.allclose(emb[idx], before[expected].mean(0), atol=1e-6)
+        else:
+            assert emb.shape[0] >= len(tok) > 640
+            checked = 0
+            for token, idx in tok.hf.get_vocab().items():
+                try:
+                    text = bpe.token_bytes(token).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if idx >= 605 and len(base_hf.encode(text, add_special_tokens=False)) > 1:
+                    expected = before[base_hf.encode(text, add_special_tokens=False)].mean(0)
+                    assert torch.allclose(emb[idx], expected, atol=1e-6), token
+                    checked += 1
+            assert checked > 100
