@@ -32,7 +32,6 @@ from zhllama.core.errors import (
     UserError,
     classify,
     one_line,
-    storage_failure,
 )
 
 CONFIG_META_KEY = "zhllama.config"
@@ -210,7 +209,7 @@ def run(argv: list[str] | None = None) -> int:
     console.begin_command()
     atomic.begin_run()
     previous = _install_signal_handlers()
-    code, line, storage = EXIT_INTERNAL, None, False
+    code, line = EXIT_INTERNAL, None
     try:
         try:
             cli = build_cli()
@@ -229,11 +228,10 @@ def run(argv: list[str] | None = None) -> int:
             line = _click_error_line(exc)
         except (Exception, KeyboardInterrupt, Interrupted) as exc:  # every failure: one line, one exit code
             code, line = classify(exc)
-            storage = storage_failure(exc) is not None
             if console.SETTINGS.debug:
                 traceback.print_exc()
     finally:  # also when SystemExit passes through
-        atomic.end_run(failed=code != 0 or line is not None, storage=storage)  # nothing left behind
+        atomic.end_run(failed=code != 0 or line is not None)  # folders it made and left empty go
         _restore_signal_handlers(previous)
         console.end_command(code == 0 and line is None)
         if line is not None:

@@ -6,12 +6,10 @@
   in its place) is a one-line `UserError` naming the file and line.
 - `append(records)` writes whole lines through `O_APPEND | O_NOFOLLOW`, then flushes and fsyncs, so
   a record on disk is a finished record whatever happens next.
-- A command that fails because the file system refused a write (disk full, read-only) must leave
-  nothing behind: every log is registered with `zhllama.core.atomic`'s run ledger on its first
-  write, and `rollback()` (called by the CLI for storage failures) restores the file as this run
-  found it: truncated back (the torn tail put back), or removed when the run created it (folders
-  the run created are removed by the ledger). An interrupted run keeps its records: that is what
-  resuming is for.
+- A write the file system refuses (disk full, read-only) is undone at once: the lines of that call
+  are cut off again and a file this run created that holds nothing is removed (the folders the run
+  created are removed by `zhllama.core.atomic`'s run ledger when the command fails). Finished records
+  stay, as after an interruption: a rerun once there is space resumes from them.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 
 from zhllama.core import atomic, console
-from zhllama.core.errors import UserError
+from zhllama.core.errors import UserError, storage_failure
 
 
 class AppendLog:
@@ -146,12 +144,16 @@ class AppendLog:
         return fd
 
     def append(self, records: Iterable[dict]) -> None:
-        """Write whole lines, then fsync; the records count as done only once on disk."""
+        """Write whole lines, then fsync; the records count as done only once on disk. When the file
+        system refuses the write (disk full, read-only), the lines of this call are cut off again, and
+        a file this run created that holds nothing is removed (the previous one of a `fresh` log is put
+        back): finished records stay, nothing half-written does."""
         records = list(records)
         if not records:
             return
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         fd = self._open_for_append()
+        before = os.fstat(fd).st_size
         try:
             view = memoryview(payload)
             while view:
@@ -160,38 +162,29 @@ class AppendLog:
             os.fsync(fd)
         except BaseException as exc:
             atomic.note_output(exc, self.path)
+            if storage_failure(exc) is not None:
+                self._undo(fd, before)
             raise
         finally:
             os.close(fd)
         for record in records:
             self.records[self.key(record)] = record
 
+    def _undo(self, fd: int, before: int) -> None:
+        try:
+            os.ftruncate(fd, before)
+            if before == 0 and (self.fresh or not self._existed):
+                self.path.unlink(missing_ok=True)
+                if self._aside is not None:
+                    os.replace(self._aside, self.path)
+                    self._aside = None
+                self._opened = False
+        except OSError as exc:
+            console.warn(f"{self.path}: could not be cut back after the failed write ({exc.strerror})")
+
     def commit(self) -> None:
-        """The run succeeded: drop the previous file kept aside by `fresh=True`."""
+        """The run is over: drop the previous file kept aside by `fresh=True` (the CLI calls this)."""
         if self._aside is not None:
             self._aside.unlink(missing_ok=True)
             self._aside = None
         atomic.forget_journal(self)
-
-    def rollback(self) -> None:
-        """Put the file back as this run found it (after a storage failure); best effort."""
-        if not self._opened:
-            return
-        try:
-            if self._aside is not None:
-                os.replace(self._aside, self.path)
-                self._aside = None
-            elif not self._existed:
-                self.path.unlink(missing_ok=True)
-            else:
-                fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
-                try:
-                    os.ftruncate(fd, self._valid)
-                    if self.dropped:
-                        os.lseek(fd, self._valid, os.SEEK_SET)
-                        os.write(fd, self.dropped)
-                finally:
-                    os.close(fd)
-        except OSError as exc:
-            console.warn(f"{self.path}: could not be restored after the failure ({exc.strerror})")
-        self._opened = False

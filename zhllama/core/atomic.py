@@ -196,8 +196,8 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 # ---- the run ledger: what a command created outside its temporary siblings ---------------------
 # Folders made for an output (`make_dirs`) and resumable logs (`zhllama.core.appendlog`) are noted
-# here; when the command fails, `end_run` removes the folders it created that are still empty and,
-# for a storage failure (disk full, read-only), rolls the logs back, so nothing is left behind.
+# here; when the command ends, `end_run` lets each log finish (`commit()`) and, when it failed,
+# removes the folders it created that are left empty, so a failed command leaves nothing behind.
 _LEDGER: dict[str, list] = {"dirs": [], "journals": []}
 
 
@@ -222,7 +222,7 @@ def make_dirs(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def note_journal(journal) -> None:
-    """A resumable log (with `rollback()` and `commit()`) this run writes to."""
+    """A resumable log (with `commit()`) this run writes to."""
     if journal not in _LEDGER["journals"]:
         _LEDGER["journals"].append(journal)
 
@@ -232,16 +232,12 @@ def forget_journal(journal) -> None:
         _LEDGER["journals"].remove(journal)
 
 
-def end_run(failed: bool, storage: bool = False) -> None:
-    """After a command: on failure, roll logs back (storage failures) or keep their records
-    (interrupts: resumable), and remove the folders it created that are left empty."""
+def end_run(failed: bool) -> None:
+    """After a command: logs finish; on failure the folders it created that are empty are removed."""
     journals, dirs = list(_LEDGER["journals"]), list(_LEDGER["dirs"])
     begin_run()
-    for journal in reversed(journals):
-        if failed and storage:
-            journal.rollback()
-        else:
-            journal.commit()
+    for journal in journals:
+        journal.commit()
     if failed:
         for folder in reversed(dirs):
             try:

@@ -7,7 +7,7 @@ the one mapping from an exception to (exit code, message line) that `zhllama.cli
 | exception | exit | line |
 |---|---|---|
 | UserError, UnicodeDecodeError, FileNotFoundError/IsADirectoryError/NotADirectoryError | 2 | `zhllama: error: ...` |
-| disk full / quota / read-only / permission (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM), also wrapped by a library ("(os error 28)", numpy's short write) | 1 | `zhllama: error: PATH: ...` |
+| disk full / quota / read-only / permission (ENOSPC, EDQUOT, EFBIG, EROFS, EACCES, EPERM), also wrapped by a library ("(os error 28)", numpy's short write, torch.save's zip writer) | 1 | `zhllama: error: PATH: ...` |
 | SIGINT / SIGTERM (`Interrupted`, KeyboardInterrupt) | 130 / 143 | `zhllama: error: interrupted ...` |
 | anything else (a bug) | 1 | `zhllama: internal error: ...` |
 
@@ -78,6 +78,8 @@ def one_line(message: object) -> str:
 OUTPUT_NOTE = "zhllama output: "
 _OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # Rust libraries (safetensors, tokenizers)
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile on a full disk
+# torch.save's zip writer on a full disk (the errno is lost in its C++ exception)
+_TORCH_SHORT_WRITE = re.compile(r"inline_container\.cc.*unexpected pos|PytorchStreamWriter failed writing file")
 
 
 def storage_failure(exc: BaseException) -> str | None:
@@ -85,6 +87,8 @@ def storage_failure(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         return STORAGE_HINTS[exc.errno]
     if isinstance(exc, OSError) and exc.errno is None and _SHORT_WRITE.match(str(exc)):
+        return "a write was cut short (disk full or file size limit)"
+    if isinstance(exc, RuntimeError) and _TORCH_SHORT_WRITE.search(str(exc)):
         return "a write was cut short (disk full or file size limit)"
     match = _OS_ERROR_IN_TEXT.search(str(exc))
     if match and int(match.group(1)) in STORAGE_ERRNOS:

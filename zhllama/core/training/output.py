@@ -63,11 +63,21 @@ def clear_output(cfg) -> None:
         shutil.rmtree(out)
 
 
-def remove_if_no_checkpoint(out: Path) -> None:
-    """After a failed run: remove what it created unless a checkpoint (something to resume) exists."""
+def remove_if_no_checkpoint(out: Path, exc: BaseException | None = None) -> None:
+    """After a failed run: remove what it created unless a checkpoint (something to resume) exists.
+    A checkpoint left incomplete (a disk that filled while it was saved) is removed (reliab, issue 24)."""
+    from zhllama.core.atomic import note_output
+    from zhllama.core.errors import storage_failure
+
+    if exc is not None and storage_failure(exc) is not None:
+        note_output(exc, out)  # "zhllama: error: OUT: no space left on device"
     if not is_main() or not out.is_dir():
         return
-    if complete_checkpoints(out / "checkpoints"):
+    complete = complete_checkpoints(out / "checkpoints")
+    for ckpt in (out / "checkpoints").glob("checkpoint-*"):
+        if ckpt not in complete:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    if complete:
         return
     ckpts = out / "checkpoints"
     if ckpts.is_dir() and not any(p.name.startswith("checkpoint-") for p in ckpts.iterdir()):
@@ -195,6 +205,10 @@ def final_files(out: Path, summary: dict) -> Iterator[Path]:
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(tmp / name, target)
+    except BaseException as exc:  # e.g. a disk that fills during the final write (reliab, issue 24)
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_if_no_checkpoint(out, exc)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -190,8 +190,8 @@ def _train(task: Task, cfg) -> dict:
         run.trainer.remove_callback(PrinterCallback)  # logs go to our progress bar and train_summary.json
         resume = str(run.resume_from) if run.resume_from else None
         run.result = run.trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
-        output.remove_if_no_checkpoint(cfg.output)
+    except BaseException as exc:
+        output.remove_if_no_checkpoint(cfg.output, exc)
         raise
     summary = _summary(task, run)
     trainer = run.trainer
