@@ -13,6 +13,7 @@ from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
 from zhllama.core.evaluation.runner import McqSettings, question_ids
 from zhllama.core.tokenizer import ZhTokenizer
+from zhllama.plugins.benchmarks import prompt_styles as styles
 from zhllama.plugins.benchmarks.ceval import CEval
 from zhllama.plugins.benchmarks.cmmlu import CMMLU
 
@@ -24,18 +25,18 @@ QUESTION = "HTTP默认端口是____。\nA. 21\nB. 80\nC. 25\nD. 53\n答案："
 
 
 def test_zero_shot_plain_is_the_bare_question():
-    assert mcq.cla2_prompt(Q, [], "computer_network", None) == QUESTION
+    assert styles.cla2_prompt(Q, [], "computer_network", None) == QUESTION
 
 
 def test_zero_shot_with_template_wraps_only_the_question():
-    assert mcq.cla2_prompt(Q, [], "computer_network", EN_ZH) == (
+    assert styles.cla2_prompt(Q, [], "computer_network", EN_ZH) == (
         "[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
         "HTTP默认端口是____。\nA. 21\nB. 80\nC. 25\nD. 53\n答案： [/INST]"
     )
 
 
 def test_few_shot_plain_has_the_english_key_header():
-    assert mcq.cla2_prompt(Q, [S1, S2], "computer_network", None) == (
+    assert styles.cla2_prompt(Q, [S1, S2], "computer_network", None) == (
         "以下是中国关于computer_network考试的单项选择题，请选出其中的正确答案。\n\n"
         "IPv4地址长____位。\nA. 16\nB. 32\nC. 64\nD. 128\n答案：B\n\n"
         "DNS使用的端口是____。\nA. 53\nB. 80\nC. 21\nD. 23\n答案：A\n\n"
@@ -44,7 +45,7 @@ def test_few_shot_plain_has_the_english_key_header():
 
 
 def test_few_shot_with_template_is_a_multi_turn_history():
-    assert mcq.cla2_prompt(Q, [S1, S2], "computer_network", "你是一个乐于助人的助手。") == (
+    assert styles.cla2_prompt(Q, [S1, S2], "computer_network", "你是一个乐于助人的助手。") == (
         "[INST] <<SYS>>\n你是一个乐于助人的助手。\n<</SYS>>\n\n"
         "以下是中国关于computer_network考试的单项选择题，请选出其中的正确答案。\n\n [/INST]"
         "好的，我会结合computer_network相关知识回答"
@@ -56,8 +57,8 @@ def test_few_shot_with_template_is_a_multi_turn_history():
 
 
 def test_system_prompts_per_benchmark():
-    assert CEval().cla2_system == EN_ZH
-    assert CMMLU().cla2_system == "你是一个乐于助人的助手。"
+    assert CEval().prompt_styles["cla2"].system == EN_ZH
+    assert CMMLU().prompt_styles["cla2"].system == "你是一个乐于助人的助手。"
 
 
 class FakeTokenizer(ZhTokenizer):
@@ -87,8 +88,8 @@ def test_runner_feeds_the_reference_text_for_each_setting(benchmark):
         for template in (None, get_template("llama2-zh")):
             settings = McqSettings(prompt_style="cla2", template=template and "llama2-zh").checked(benchmark)
             ids = question_ids(benchmark, tok, settings, template, Q, shots, {})
-            system = benchmark.cla2_system if template else None
-            assert decoded(ids) == mcq.cla2_prompt(Q, shots, "computer_network", system)
+            system = benchmark.prompt_styles["cla2"].system if template else None
+            assert decoded(ids) == styles.cla2_prompt(Q, shots, "computer_network", system)
     custom = McqSettings(prompt_style="cla2", template="llama2-zh", system_prompt="你好").checked(benchmark)
     ids = question_ids(benchmark, tok, custom, get_template("llama2-zh"), Q, [], {})
     assert decoded(ids).startswith("[INST] <<SYS>>\n你好\n<</SYS>>\n\n")
@@ -147,7 +148,7 @@ def test_cla2_defaults_are_the_reference_scripts_defaults(benchmark):
     ],
 )
 def test_cla2_extraction(text, expected):
-    assert mcq.extract_answer_cla2(text, Q.options) == expected
+    assert styles.extract_answer_cla2(text, Q.options) == expected
 
 
 def test_option_text_fallback_is_leftmost_then_first_listed():

@@ -8,6 +8,7 @@ import torch
 from zhllama.core.evaluation import mcq
 from zhllama.plugins.benchmarks.ceval import CEval
 from zhllama.plugins.benchmarks.cmmlu import CMMLU
+from zhllama.plugins.benchmarks.prompt_styles import cla2_process
 
 Q = mcq.Question("computer_network", "0", "HTTP默认端口是____。", ("21", "80", "25", "53"), "B")
 SHOT = mcq.Question("computer_network", "1", "IPv4地址长____位。", ("16", "32", "64", "128"), "B")
@@ -40,8 +41,8 @@ def test_cmmlu_official_header():
 
 
 def test_prompt_with_template_is_wrapped(merged_tokenizer):
-    from zhllama.core.evaluation.runner import encode_prompt
-    from zhllama.core.templates import Message, get_template
+    from zhllama.core.evaluation.runner import McqSettings, question_ids
+    from zhllama.core.templates import Message, encode, get_template
     from zhllama.core.tokenizer import ZhTokenizer
 
     tok = ZhTokenizer(merged_tokenizer)
@@ -50,13 +51,17 @@ def test_prompt_with_template_is_wrapped(merged_tokenizer):
     assert template.render_text([Message("user", text)]) == (
         "<s>[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n" + text + " [/INST]"
     )
-    assert encode_prompt(tok, text, None) == tok.encode(text, bos=True)
-    assert encode_prompt(tok, text, template)[0] == tok.bos_id
+    plain = McqSettings().checked(CEval())
+    assert question_ids(CEval(), tok, plain, None, Q, [], NAMES) == tok.encode(text, bos=True)
+    wrapped = McqSettings(template="llama2-zh").checked(CEval())
+    ids = question_ids(CEval(), tok, wrapped, template, Q, [], NAMES)
+    segments = template.segments([Message("user", text)], add_generation_prompt=True)
+    assert ids[0] == tok.bos_id and ids == encode(tok, segments)[0]
 
 
 def test_cla2_logits_processing():
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
-    out = mcq.cla2_process(logits, prompt_ids=[0, 1, 1])
+    out = cla2_process(logits, prompt_ids=[0, 1, 1])
     assert out.tolist() == pytest.approx([2.0 / 1.1 / 0.2, -1.0 * 1.1 / 0.2, 0.5 / 0.2, 3.0 / 0.2])
 
 

@@ -115,6 +115,7 @@ def test_test_split_writes_official_submission(tmp_path, model):
 @pytest.mark.parametrize("style", ["default", "cla2"])
 def test_generate_mode_records_text_and_extracted_letter(tmp_path, model, style):
     from zhllama.core.evaluation import mcq
+    from zhllama.plugins.benchmarks.prompt_styles import extract_answer_cla2
 
     run_mcq(
         CEval(),
@@ -124,7 +125,7 @@ def test_generate_mode_records_text_and_extracted_letter(tmp_path, model, style)
         McqSettings(mode="generate", subjects="computer_network", limit=3, max_new_tokens=6, prompt_style=style),
     )
     questions = {q.qid: q for q in CEval().load(data_path("ceval"), "val")[0]["computer_network"]}
-    extract = mcq.extract_answer_cla2 if style == "cla2" else mcq.extract_answer
+    extract = extract_answer_cla2 if style == "cla2" else mcq.extract_answer
     records = predictions(tmp_path / "g")
     assert len(records) == 3
     for (_, qid), record in records.items():

@@ -1,4 +1,5 @@
-"""Multiple-choice exams (C-Eval, CMMLU): questions, prompts, letter scoring, answer extraction."""
+"""Multiple-choice exams: questions, prompts, letter scoring, answer extraction (what every exam shares;
+the benchmarks' headers and prompt styles live in their plugins, `zhllama/plugins/benchmarks`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ if TYPE_CHECKING:
     import torch
 
 LETTERS = ("A", "B", "C", "D")
-CEVAL_HEADER = "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n"
-CMMLU_OFFICIAL_HEADER = "以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n"
 
 
 @dataclass(frozen=True)
@@ -69,32 +68,6 @@ def build_prompt(question: Question, shots: list[Question], header: str) -> str:
     return f"{header}{examples}{question.body()}"
 
 
-# ---- the Chinese-LLaMA-Alpaca-2 evaluators (scripts/ceval, scripts/cmmlu), item for item -------
-CLA2_INST = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} [/INST]"
-
-
-def cla2_prompt(question: Question, shots: list[Question], subject: str, system: str | None) -> str:
-    """The exact text the CLA2 evaluator tokenizes (it adds BOS) for one question.
-
-    `subject` is the subject's file key (the reference puts the English key in its header);
-    `system` is None without a template (`--with_prompt False`), else the system prompt.
-    0-shot has no header. With a template only the question is wrapped; 5-shot with a template is
-    a multi-turn history: the header as the first turn, answered by an acknowledgement, then one
-    `[INST] question [/INST]answer` turn per shot, then the wrapped question.
-    """
-    body = question.body()
-    if system is not None:
-        body = CLA2_INST.format(system=system, instruction=body)
-    if not shots:
-        return body
-    header = CEVAL_HEADER.format(subject=subject)
-    if system is None:
-        return build_prompt(question, shots, header)
-    history = CLA2_INST.format(system=system, instruction=header) + f"好的，我会结合{subject}相关知识回答"
-    history += "".join(f"[INST] {q.body()}[/INST]{q.answer}\n" for q in shots)
-    return history + body
-
-
 def letter_token_ids(tokenizer) -> list[list[int]]:
     """For each letter, the ids of the pieces '▁X' and 'X' that exist in the vocabulary."""
     ids = []
@@ -104,17 +77,6 @@ def letter_token_ids(tokenizer) -> list[list[int]]:
             raise UserError(f"tokenizer has no piece for the answer letter '{letter}'")
         ids.append(sorted(set(found)))
     return ids
-
-
-def cla2_process(logits: torch.Tensor, prompt_ids: list[int], penalty: float = 1.1, temperature: float = 0.2):
-    """The reference evaluator's logits processing: repetition penalty over the prompt, then temperature."""
-    import torch
-
-    out = logits.clone()
-    seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long, device=out.device)
-    values = out[seen]
-    out[seen] = torch.where(values > 0, values / penalty, values * penalty)
-    return out / temperature
 
 
 def letter_scores(logits: torch.Tensor, letter_ids: list[list[int]]) -> list[float]:
@@ -152,35 +114,4 @@ def extract_answer(text: str, options: tuple[str, str, str, str]) -> str | None:
         match = re.search(rule, text)
         if match:
             return match.group(1)
-    return first_option_mentioned(text, options)
-
-
-CLA2_PATTERNS = (
-    r"([ABCD])是正确的",
-    r"选项([ABCD])正确",
-    r"答案为([ABCD])",
-    r"答案是([ABCD])",
-    r"答案([ABCD])",
-    r"选择([ABCD])",
-    r"答案：([ABCD])",
-    r"选择答案([ABCD])",
-)
-
-
-def extract_answer_cla2(text: str, options: tuple[str, str, str, str]) -> str | None:
-    """The CLA2 evaluator's extraction, step for step; None where it would guess at random.
-
-    1. the last '所以答案是X。' when X is a letter; 2. the first of its patterns that matches;
-    3. the first letter A-D anywhere; 4. the option text mentioned first.
-    """
-    concluded = re.findall(r"所以答案是(.+?)。", text, re.M)
-    if concluded and concluded[-1] in LETTERS:
-        return concluded[-1]
-    for pattern in CLA2_PATTERNS:
-        match = re.search(pattern, text, re.M)
-        if match:
-            return match.group(1)
-    letters = re.findall(r"[ABCD]", text, re.M)
-    if letters:
-        return letters[0]
     return first_option_mentioned(text, options)

@@ -18,16 +18,11 @@ from zhllama.core.evaluation.results import (
     write_json,
 )
 from zhllama.core.schema import option
-from zhllama.core.tokenizer import reference_encode
 
 AUTO_BATCH_TOKENS = 8192  # auto batches: padded new tokens per forward pass
 AUTO_KV_TOKENS = 32768  # auto batches with a shared prefix: (prefix + suffix) tokens held in the KV cache
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate prefix pass
 MODES = ("logits", "generate")
-CLA2_TEMPLATE = "llama2-zh"  # the only template the reference evaluators build
-CLA2_MAX_NEW_TOKENS = 20  # the reference's generation_config
-CLA2_SHOTS = 5  # the reference evaluators' --few_shot True --ntrain 5
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 @dataclass
@@ -72,9 +67,11 @@ class McqSettings:
         split = self.split or benchmark.splits[0]
         if split not in benchmark.splits:
             raise UserError(f"--split: '{split}' is not one of {', '.join(benchmark.splits)} for {benchmark.name}")
-        cla2 = self.prompt_style == "cla2"
-        mode = self.mode if self.mode is not None else (benchmark.cla2_mode if cla2 else "logits")
-        shots = self.shots if self.shots is not None else (CLA2_SHOTS if cla2 else 0)
+        if self.prompt_style not in benchmark.prompt_styles:
+            raise unknown_choice(f"--prompt-style for {benchmark.name}", self.prompt_style, benchmark.prompt_styles)
+        style = benchmark.prompt_styles[self.prompt_style]
+        mode = self.mode if self.mode is not None else style.mode
+        shots = self.shots if self.shots is not None else style.shots
         if mode not in MODES:
             raise unknown_choice("--mode", mode, MODES)
         if not 0 <= shots <= 5:
@@ -84,20 +81,12 @@ class McqSettings:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens: {self.max_new_tokens} must be at least 1")
         batch_size_of(self.batch_size)
-        if self.prompt_style not in benchmark.prompt_styles:
-            raise unknown_choice(f"--prompt-style for {benchmark.name}", self.prompt_style, benchmark.prompt_styles)
         if self.template is not None and self.template not in template_names():
             raise unknown_choice("--template", self.template, template_names())
-        if self.prompt_style == "cla2" and self.template not in (None, CLA2_TEMPLATE):
-            raise UserError(
-                f"--template: --prompt-style cla2 reproduces the reference's {CLA2_TEMPLATE} prompt only "
-                f"(got '{self.template}')"
-            )
+        style.check(self)
         if self.system_prompt is not None and self.template is None:
             raise UserError("--system-prompt: needs --template (prompts without a template have no system prompt)")
-        max_new = self.max_new_tokens or (
-            CLA2_MAX_NEW_TOKENS if self.prompt_style == "cla2" else DEFAULT_MAX_NEW_TOKENS
-        )
+        max_new = self.max_new_tokens or style.max_new_tokens
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return CheckedMcqSettings(**{**values, "split": split, "shots": shots, "mode": mode, "max_new_tokens": max_new})
 
@@ -120,25 +109,9 @@ def batch_size_of(spec: str) -> int | None:
     return size
 
 
-def encode_prompt(tokenizer, prompt: str, template, system: str | None = None) -> list[int]:
-    if template is None:
-        return tokenizer.encode(prompt, bos=True)
-    from zhllama.core.templates import Message, encode
-
-    ids, _ = encode(tokenizer, template.segments([Message("user", prompt)], system=system, add_generation_prompt=True))
-    return ids
-
-
 def question_ids(benchmark, tokenizer, settings: McqSettings, template, q, shots, names) -> list[int]:
-    """The token ids the model sees for one question (BOS included)."""
-    if settings.prompt_style == "cla2":
-        system = None
-        if template is not None:
-            system = settings.system_prompt if settings.system_prompt is not None else benchmark.cla2_system
-        # the reference tokenizes the whole text at once (LlamaTokenizer, legacy=True), BOS first
-        return reference_encode(tokenizer, mcq.cla2_prompt(q, shots, q.subject, system), bos=True)
-    text = mcq.build_prompt(q, shots, benchmark.header(q.subject, names, settings.prompt_style))
-    return encode_prompt(tokenizer, text, template, settings.system_prompt)
+    """The token ids the model sees for one question (BOS included), as its prompt style builds them."""
+    return benchmark.prompt_styles[settings.prompt_style].ids(tokenizer, settings, template, q, shots, names)
 
 
 def batches(items: list, lengths: list[int], batch_size: str, prefix: int = 0) -> Iterator[list]:
@@ -229,6 +202,7 @@ def run_mcq(
     check_output_folder(output, inputs=[Path(data_dir)])
     questions, dev, names, categories = exam if exam is not None else load_exam(benchmark, data_dir, settings)
     template = get_template(settings.template) if settings.template else None
+    style = benchmark.prompt_styles[settings.prompt_style]
     tokenizer = model.tokenizer
     run_key = {**asdict(settings), "model": model_id, "benchmark": benchmark.name}
     for key in ("batch_size", "limit", "subjects", "prefix_reuse", "plot"):  # these must not change predictions
@@ -256,14 +230,14 @@ def run_mcq(
                     rows = model.next_token_logits([ids for _, ids, _ in batch])
                 log.append(
                     [
-                        _score_logits(q, ids, h, row, letter_ids, settings)
+                        _score_logits(q, ids, h, row, letter_ids, style)
                         for (q, ids, h), row in zip(batch, rows, strict=True)
                     ]
                 )
                 advance(len(batch))
         else:
             for q, ids, h in todo:
-                log.append([_generate(model, q, ids, h, settings)])
+                log.append([_generate(model, q, ids, h, settings, style)])
                 advance()
     records = [log.records[(q.subject, q.qid, h)] for q, _, h in items]
     summary = summarize(records, categories)
@@ -292,34 +266,16 @@ def _record(q: mcq.Question, phash: str, prediction: str | None, **fields) -> di
     }
 
 
-def _score_logits(q: mcq.Question, ids: list[int], phash: str, logits, letter_ids, settings: McqSettings) -> dict:
-    if settings.prompt_style == "cla2":
-        logits = mcq.cla2_process(logits.float(), ids)
+def _score_logits(q: mcq.Question, ids: list[int], phash: str, logits, letter_ids, style) -> dict:
+    logits = style.process_logits(logits, ids)
     scores = mcq.letter_scores(logits, letter_ids)
     best = mcq.LETTERS[max(range(4), key=lambda i: scores[i])]
     return _record(q, phash, best, scores=dict(zip(mcq.LETTERS, scores, strict=True)))
 
 
-def _generate(model, q: mcq.Question, ids: list[int], phash: str, settings: McqSettings) -> dict:
-    from zhllama.core.engine import GenerationParams
+def _generate(model, q: mcq.Question, ids: list[int], phash: str, settings: McqSettings, style) -> dict:
     from zhllama.core.generation.respond import Reply
 
     stops = tuple(i for i in (model.tokenizer.eos_id,) if i is not None)
-    if settings.prompt_style == "cla2":  # the reference samples: temperature 0.2, top-k 40, top-p 0.9, penalty 1.1
-        params = GenerationParams(
-            max_new_tokens=settings.max_new_tokens,
-            temperature=0.2,
-            top_p=0.9,
-            top_k=40,
-            repetition_penalty=1.1,
-            seed=settings.seed,
-            stop_token_ids=stops,
-        )
-        extract = mcq.extract_answer_cla2
-    else:
-        params = GenerationParams(
-            max_new_tokens=settings.max_new_tokens, greedy=True, seed=settings.seed, stop_token_ids=stops
-        )
-        extract = mcq.extract_answer
-    text = Reply(model, ids, params).run()
-    return _record(q, phash, extract(text, q.options), generated=text)
+    text = Reply(model, ids, style.generation(settings, stops)).run()
+    return _record(q, phash, style.extract(text, q.options), generated=text)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zhllama.core.evaluation import mcq
 from zhllama.plugins.benchmarks.exams import Exam, read_mapping
+from zhllama.plugins.benchmarks.prompt_styles import Cla2Style, OfficialStyle, PromptStyle
 
 
 def _from_official(m: dict) -> dict[str, tuple[str, str]]:
@@ -27,9 +27,13 @@ class CMMLU(Exam):
     name = "cmmlu"
     description = "CMMLU multiple-choice exam (67 subjects; dev/test splits)"
     splits = ("test", "dev")
-    prompt_styles = ("default", "cla2", "official")
-    cla2_system = "你是一个乐于助人的助手。"  # the CLA2 CMMLU evaluator's (Chinese sentence only)
-    cla2_mode = "generate"  # the CLA2 CMMLU evaluator's default --constrained_decoding False
+    # cla2: the CLA2 CMMLU evaluator's system prompt (Chinese sentence only) and its default
+    # --constrained_decoding False, i.e. free generation; official: the CMMLU authors' header
+    prompt_styles = {
+        "default": PromptStyle(),
+        "cla2": Cla2Style(system="你是一个乐于助人的助手。", mode="generate"),
+        "official": OfficialStyle(),
+    }
     columns = {"id": "", "question": "Question", "A": "A", "B": "B", "C": "C", "D": "D", "answer": "Answer"}
 
     examples = (
@@ -45,8 +49,3 @@ class CMMLU(Exam):
 
     def subjects_in(self, data_dir: Path, split: str) -> list[str]:
         return sorted(p.stem for p in (data_dir / split).glob("*.csv"))
-
-    def header(self, subject: str, names: dict[str, str], style: str) -> str:
-        if style == "official":
-            return mcq.CMMLU_OFFICIAL_HEADER.format(subject=names[subject])
-        return super().header(subject, names, style)

@@ -16,6 +16,7 @@ from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
 from zhllama.core.evaluation.runner import McqSettings
 from zhllama.core.plugin_api import BenchmarkPlugin
+from zhllama.plugins.benchmarks.prompt_styles import Cla2Style, PromptStyle
 
 
 class Exam(BenchmarkPlugin):
@@ -26,9 +27,12 @@ class Exam(BenchmarkPlugin):
     examples: tuple[str, ...] = ()
 
     splits: tuple[str, ...] = ()  # the first is the default
-    prompt_styles: tuple[str, ...] = ("default", "cla2")
-    cla2_system = "You are a helpful assistant. 你是一个乐于助人的助手。"  # the CLA2 C-Eval evaluator's
-    cla2_mode = "logits"  # the CLA2 C-Eval evaluator's default --constrained_decoding True
+    # --prompt-style NAME -> the style object (cla2: the CLA2 C-Eval evaluator's system prompt, and its
+    # default --constrained_decoding True, i.e. letter logits)
+    prompt_styles: dict[str, PromptStyle] = {
+        "default": PromptStyle(),
+        "cla2": Cla2Style(system="You are a helpful assistant. 你是一个乐于助人的助手。", mode="logits"),
+    }
     shipped_mapping = ""
     columns: dict[str, str] = {}
 
@@ -67,9 +71,9 @@ class Exam(BenchmarkPlugin):
     def subjects_in(self, data_dir: Path, split: str) -> list[str]:
         raise NotImplementedError
 
-    def header(self, subject: str, names: dict[str, str], style: str) -> str:
-        """The subject header of `--prompt-style default` (cla2 prompts are built by `mcq.cla2_prompt`)."""
-        return mcq.CEVAL_HEADER.format(subject=names[subject])
+    def header(self, subject: str, names: dict[str, str], style: str = "default") -> str:
+        """The subject header of a prompt style (cla2 prompts are built by `prompt_styles.cla2_prompt`)."""
+        return self.prompt_styles[style].subject_header(subject, names)
 
     def load(self, data_dir: Path, split: str):
         """(questions by subject, dev examples by subject, Chinese names, categories)."""
