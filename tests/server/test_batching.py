@@ -204,7 +204,7 @@ def test_a_failing_row_fails_alone(runtime, monkeypatch):
 
     params = GenerationParams(max_new_tokens=6, greedy=True)
     good = runtime.reply(_ids(runtime, PROMPTS[0]), params)
-    bad = runtime.reply(_ids(runtime, PROMPTS[1]), GenerationParams(max_new_tokens=6, greedy=True, seed=99))
+    bad = runtime.reply(_ids(runtime, PROMPTS[1]), GenerationParams(max_new_tokens=6, temperature=0.8, seed=99))
     original = module.Sampler
 
     def sampler(p):
@@ -333,3 +333,21 @@ def test_temperature_near_zero_draws_the_best_token(temperature):
         torch.softmax(logits / 0.7, -1), 1, generator=torch.Generator().manual_seed(4)
     )  # unchanged where nothing overflows
     assert normal([0], logits) == int(torch_draw)
+
+
+def test_greedy_rows_chosen_together_equal_their_own_samplers():
+    import torch
+
+    from zhllama.core.generation.sampling import Sampler, greedy_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 50, generator=generator) * 3
+    sequences = [[1, 2, 2, 7], [3], [4, 4, 4, 9, 10, 11], [0, 49], [5, 6]]
+    logits[0, 2] = logits[0].max() + 0.05  # a repeated id that the penalty must push below another
+    penalties = [1.1, 1.0, 0.7, 2.0, 1.3]
+    expected = [
+        Sampler(GenerationParams(greedy=True, repetition_penalty=p))(s, logits[r])
+        for r, (s, p) in enumerate(zip(sequences, penalties, strict=True))
+    ]
+    assert greedy_tokens(sequences, logits, penalties) == expected
+    assert expected[0] != 2  # the penalty changed the choice there

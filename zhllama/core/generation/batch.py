@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zhllama.core.engine import GenerationParams
-from zhllama.core.generation.sampling import Sampler
+from zhllama.core.generation.sampling import Sampler, greedy_tokens
 from zhllama.core.generation.stopping import Stopper
 
 
@@ -134,11 +134,20 @@ class DecodeBatch:
     def sample(self) -> list[Row]:
         """Choose every row's next token (through its stop rule); returns the rows that finished.
 
-        A row whose sampling fails finishes with the exception in `error`; the others go on."""
+        Plain greedy rows are chosen together (`sampling.greedy_tokens`, the same ids as each row's
+        own `Sampler`); a row whose sampling fails finishes with the exception in `error`."""
+        import torch
+
         done = []
+        fast = [row for row in self.rows if row.sampler.plain_greedy]
+        chosen = {}
+        if fast:
+            logits = torch.stack([row.logits for row in fast])
+            tokens = greedy_tokens([row.sequence for row in fast], logits, [row.sampler.penalty for row in fast])
+            chosen = {id(row): token for row, token in zip(fast, tokens, strict=True)}
         for row in self.rows:
             try:
-                token = row.sampler(row.sequence, row.logits)
+                token = chosen[id(row)] if id(row) in chosen else row.sampler(row.sequence, row.logits)
             except Exception as exc:  # noqa: BLE001 - kept on the row for its owner
                 row.error, row.finished = exc, True
                 done.append(row)

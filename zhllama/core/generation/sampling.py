@@ -47,6 +47,9 @@ class Sampler:
         )
 
         self.greedy = is_greedy(params)
+        penalty = params.repetition_penalty
+        self.penalty = float(penalty) if penalty and penalty != 1.0 else 1.0
+        self.plain_greedy = self.greedy and not pre  # argmax after the penalty: `greedy_tokens` batches it
         procs = list(pre)  # e.g. classifier-free guidance, first as in transformers' generate
         if params.repetition_penalty and params.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
@@ -86,3 +89,20 @@ class Sampler:
 
     def __call__(self, ids: Sequence[int], logits) -> int:
         return self.choose(self.process(ids, logits))
+
+
+def greedy_tokens(sequences: Sequence[Sequence[int]], logits, penalties: Sequence[float]) -> list[int]:
+    """`Sampler(...)(ids, logits)` of several plain greedy rows at once: the repetition penalty as
+    transformers applies it (gather, scale, scatter; each row's ids padded with its own first id, a
+    repeat changes nothing), then the first argmax of each row."""
+    import torch
+
+    scores = logits.float()
+    if any(p != 1.0 for p in penalties):
+        width = max(len(s) for s in sequences)
+        ids = torch.tensor([list(s) + [s[0]] * (width - len(s)) for s in sequences], device=scores.device)
+        factor = torch.tensor(penalties, dtype=scores.dtype, device=scores.device).unsqueeze(1)
+        score = torch.gather(scores, 1, ids)
+        score = torch.where(score < 0, score * factor, score / factor)
+        scores = scores.scatter(1, ids, score)
+    return torch.argmax(scores, dim=-1).tolist()
