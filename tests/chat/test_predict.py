@@ -105,7 +105,7 @@ def test_predict_bad_input(run_cli, tiny_zh_model, tmp_path):
     good = tmp_path / "p.txt"
     good.write_text("你好\n", encoding="utf-8")
     code, _, err = run_cli("predict", "-m", tiny_zh_model, "-i", good, "-o", tiny_zh_model / "p.jsonl")
-    assert code == 2 and "inside its folder" in err
+    assert code == 2 and "the output sits inside the input" in err
     code, _, err = run_cli("predict", "-m", tiny_zh_model, "-i", good, "-o", tmp_path / "o.txt")
     assert code == 2 and "must be a .jsonl file" in err
     other = tmp_path / "other.jsonl"

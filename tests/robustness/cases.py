@@ -1091,7 +1091,7 @@ CASES: list[Case] = [
         "predict-output-is-input",
         "output-is-input",
         lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.model / "p.jsonl"],
-        r"model/p\.jsonl: --output may not be the model or sit inside its folder",
+        r"--output .*model/p\.jsonl: the output sits inside the input .*model",
     ),
     Case(
         "predict-output-inside-lora",
@@ -1291,6 +1291,21 @@ CASES += [
         "corrupt-file",
         lambda w: ["chat", "-m", w.make("fake", lambda w, p: p.write_bytes(b"\0" * 64), ".gguf"), "-p", "你好"],
         r"fake\.gguf: not a valid GGUF file \(no GGUF magic",
+    ),
+    Case(
+        "predict-output-hardlink-to-input",
+        "output-is-input",
+        lambda w: [
+            "predict",
+            "-m",
+            w.model,
+            "-i",
+            w.make("prompts", lambda w, p: p.write_text('{"prompt": "你好"}\n'), ".jsonl"),
+            "-o",
+            w.make("hard", lambda w, p: os.link(w.inputs / "prompts.jsonl", p), ".jsonl"),
+            "--restart",
+        ],
+        r"hard\.jsonl: the output is the input .*prompts\.jsonl",
     ),
     # resumable outputs validated on resume
     Case(

@@ -141,13 +141,9 @@ def predict(
         raise UserError("--draft-model/--guidance-scale: not supported by predict (use chat)")
     if output.suffix.lower() != ".jsonl":
         raise UserError(f"{output}: --output must be a .jsonl file")
-    target, model_path = output.resolve(), Path(str(model_options.model))
-    if target == input.resolve():
-        raise UserError(f"{output}: --output may not be the --input file")
-    if model_path.exists() and (target == model_path.resolve() or model_path.resolve() in target.parents):
-        raise UserError(f"{output}: --output may not be the model or sit inside its folder")
     check_parent(output)
-    check_output(output, model_options.lora)  # nor inside an adapter folder (reliab, surgical)
+    # the one output guard (paths resolved, symlinks followed, hard links compared), also with --restart
+    check_output(output, [input, Path(str(model_options.model)), *model_options.lora])
     items = read_prompts(input)
     log = open_log(output, items, restart)
     done = dict(log.records)
