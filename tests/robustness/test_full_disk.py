@@ -38,6 +38,8 @@ print(" ".join(codes))
 
 
 def _mount(where: Path, read_only: bool = False) -> bool:
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        return False
     where.mkdir(parents=True, exist_ok=True)
     options = f"size={MOUNT_SIZE},mode=0777" + (",ro" if read_only else "")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)

@@ -23,7 +23,6 @@ import re
 import signal
 from collections.abc import Iterable
 
-EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
