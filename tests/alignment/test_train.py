@@ -334,3 +334,28 @@ def test_failed_run_leaves_no_output(tmp_path, tiny_base_model, separable_pairs,
     with pytest.raises(KeyboardInterrupt):
         dpo(cfg)
     assert not cfg.output.exists()
+
+
+def test_adapter_for_another_base_is_one_line(tmp_path, run_cli, capsys, tiny_base_model, separable_pairs):
+    """dpo continues an --adapter through the pipeline's one loader: a size mismatch names the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    lora = tmp_path / "lora"
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base_model)),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    model.save_pretrained(str(lora))
+    tensors = load_file(lora / "adapter_model.safetensors")  # A matrices for hidden size 32 (the model has 64)
+    save_file(
+        {k: (v[:, :32] if "lora_A" in k else v[:32]).contiguous() for k, v in tensors.items()},
+        lora / "adapter_model.safetensors",
+    )
+    out = tmp_path / "out"
+    argv = ["dpo", "-m", tiny_base_model, "--tokenizer", tiny_base_model, "-d", separable_pairs, "--adapter", lora]
+    capsys.readouterr()  # the set-up's own progress bars
+    code, _, err = run_cli(*argv, "-o", out, "--template", "none", "--max-steps", "1")
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert f"{lora}: adapter does not fit" in err and "size mismatch" in err
