@@ -99,7 +99,7 @@ def test_a_failure_after_the_stream_started_is_an_error_event_then_done(tiny_zh_
     from fastapi.testclient import TestClient
 
     from zhllama.core.engine import GenerationParams, open_model
-    from zhllama.core.generation import respond
+    from zhllama.core.generation import batch, respond
     from zhllama.core.generation.runtime import ChatRuntime
     from zhllama.core.templates import get_template
     from zhllama.server import create_app
@@ -111,7 +111,11 @@ def test_a_failure_after_the_stream_started_is_an_error_event_then_done(tiny_zh_
             yield chunk
             raise RuntimeError("device lost")
 
-    monkeypatch.setattr(respond.Reply, "__iter__", fail_after_first_chunk)
+    def lose_device(self):  # the batched path (continuous batching): the step after the first token fails
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(respond.Reply, "__iter__", fail_after_first_chunk)  # the one-reply path
+    monkeypatch.setattr(batch.DecodeBatch, "forward", lose_device)
     model = open_model(tiny_zh_model)
     try:
         app = create_app(ChatRuntime(model, get_template("llama2-zh"), "tiny-zh"), GenerationParams(max_new_tokens=8))
