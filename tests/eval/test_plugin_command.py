@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -103,4 +104,23 @@ def test_a_settings_plugin_gets_the_generic_eval_command(monkeypatch):
     result = CliRunner().invoke(app, ["myexam", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for flag in ("--model", "--shots", "--prompt-style", "--mode", "--plot", "--data-dir", "--output"):
+        assert flag in result.output
+
+
+@pytest.mark.parametrize(
+    "name, flags",
+    [("ceval", ("--shots", "--prompt-style")), ("cmmlu", ("--shots", "--mode")), ("longbench", ("--tasks", "--e"))],
+)
+def test_builtin_benchmarks_get_their_generic_command(name, flags):
+    """Never the 'unusable plugin' fallback: each built-in command has its settings' flags."""
+    from zhllama.cli.commands.eval import benchmark_command
+
+    command, examples = benchmark_command(name)
+    assert examples and all(e.startswith(f"zhllama eval {name}") or e.startswith(f"zhllama {name}") for e in examples)
+    app = typer.Typer()
+    app.command(name)(command)
+    app.command("other")(lambda: None)
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in (*flags, "--model", "--data-dir", "--output"):
         assert flag in result.output

@@ -44,6 +44,7 @@ class LongBench(BenchmarkPlugin):
 
     settings_class = LongBenchSettings  # the flags of `zhllama eval longbench` (the generic eval command)
     typer_command = None  # built from `settings_class` by the eval command builder
+    data_dir_help = "Folder of {task}.jsonl files (official format)."
     examples = (
         "zhllama eval longbench --model merged --data-dir longbench --output results/lb --tasks dureader,lsht",
         "zhllama eval longbench --model merged-16k --rope-scaling ntk --rope-factor 4 --max-length 15872 "

@@ -36,12 +36,10 @@ def require(plugin) -> None:
 def build_command(plugin):
     """The Typer command of a benchmark plugin class that declares `settings_class`."""
 
-    @model_options_command
-    @with_options(plugin.settings_class, "settings")
     def command(
         model_options: ModelOptions,
         settings,
-        data_dir: Annotated[Path, typer.Option("--data-dir", help="Benchmark folder in the official layout.")],
+        data_dir: Path,
         output: Annotated[Path, typer.Option("--output", "-o", help="Results folder (resumable).")],
     ) -> None:
         require(plugin)
@@ -57,6 +55,10 @@ def build_command(plugin):
             loaded.close()
         console.emit(summary, benchmark.table(summary, settings))
 
+    # the plugin's own help for --data-dir (set as an object: annotations are evaluated in module scope)
+    data_help = getattr(plugin, "data_dir_help", "") or "Benchmark folder in the official layout."
+    command.__annotations__["data_dir"] = Annotated[Path, typer.Option("--data-dir", help=data_help)]
+    command = model_options_command(with_options(plugin.settings_class, "settings")(command))
     command.__name__ = plugin.name.replace("-", "_")
     command.__doc__ = f"{plugin.description}; writes summary.json and predictions.jsonl."
     command.examples = tuple(getattr(plugin, "examples", ()) or ())
