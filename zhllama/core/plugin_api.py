@@ -5,7 +5,7 @@
 | templates   | `zhllama.templates`   | `core.templates.Template` | `segments(messages, system, add_generation_prompt)` |
 | quantizers  | `zhllama.quantizers`  | `QuantizerPlugin`     | `Options` dataclass + `quantize(model, output, options)` |
 | engines     | `zhllama.engines`     | `EnginePlugin`        | `accepts(path)`, `load(path, ModelOptions) -> LoadedModel` |
-| benchmarks  | `zhllama.benchmarks`  | `BenchmarkPlugin`     | `typer_command()`: its own CLI command        |
+| benchmarks  | `zhllama.benchmarks`  | `BenchmarkPlugin`     | `settings_class` + `check/prepare/run/table` (the generic eval command), or `typer_command()` |
 
 Every plugin class carries `name`, `description`, `requires` (importable module names, checked
 without importing them) and `install_hint`. Loading a plugin module must stay cheap: heavy imports
@@ -74,13 +74,25 @@ class EnginePlugin(Plugin, ABC):
         """A ready model; options that cannot apply to this engine are refused with a `UserError`."""
 
 
-class BenchmarkPlugin(Plugin, ABC):
-    """An evaluation that brings its own command: `zhllama eval NAME` and the alias `zhllama NAME`."""
+class BenchmarkPlugin(Plugin):
+    """An evaluation with a command: `zhllama eval NAME` and the alias `zhllama NAME`.
+
+    Either declare `settings_class` (a dataclass of `core.schema.option` fields) and the steps
+    `check(settings, data_dir) -> checked`, `prepare(data_dir, checked)`,
+    `run(model, data_dir, output, checked, prepared, model_id) -> summary` and
+    `table(summary, checked)`: the eval command builder (`cli/commands/eval/builder.py`) then gives it
+    the model flags, its settings' flags, `--data-dir` and `--output` and runs the steps in that
+    order, each once. Or leave `settings_class` unset and override `typer_command()` to bring a
+    command of your own.
+    """
+
+    settings_class: ClassVar[type | None] = None
+    examples: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    @abstractmethod
     def typer_command(cls) -> Callable[..., None]:
-        """The Typer command function (its flags, help and `examples` attribute for the epilog)."""
+        """The Typer command function of a plugin without `settings_class` (flags, help, `examples`)."""
+        raise TypeError(f"benchmark plugin '{cls.name}' declares neither settings_class nor typer_command()")
 
 
 def base_class(kind: str) -> type:

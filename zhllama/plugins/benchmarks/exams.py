@@ -23,7 +23,6 @@ class Exam(BenchmarkPlugin):
     """A multiple-choice benchmark plugin; subclasses describe their file layout."""
 
     settings_class = McqSettings  # the flags of `zhllama eval NAME` (the generic eval command)
-    typer_command = None  # built from `settings_class` by the eval command builder
     examples: tuple[str, ...] = ()
 
     splits: tuple[str, ...] = ()  # the first is the default

@@ -43,7 +43,6 @@ class LongBench(BenchmarkPlugin):
     install_hint = "pip install jieba rouge"
 
     settings_class = LongBenchSettings  # the flags of `zhllama eval longbench` (the generic eval command)
-    typer_command = None  # built from `settings_class` by the eval command builder
     data_dir_help = "Folder of {task}.jsonl files (official format)."
     examples = (
         "zhllama eval longbench --model merged --data-dir longbench --output results/lb --tasks dureader,lsht",
