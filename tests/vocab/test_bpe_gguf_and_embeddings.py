@@ -21,6 +21,7 @@ def tiny_models(tmp_path_factory, smollm2_tokenizer, merged_smollm2):
     )
 
 
+@pytest.mark.slow
 def test_new_rows_are_the_mean_of_the_base_rows_of_their_bytes(tiny_models, smollm2_tokenizer, merged_smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +92,15 @@ def test_llama_cpp_tokenizes_base_and_merged_gguf_as_transformers(tmp_path, tiny
         reader = gguf.GGUFReader(str(out))
         field = reader.fields["tokenizer.ggml.pre"]
         assert bytes(field.parts[field.data[0]]).decode() == "smollm"
+        types = reader.fields["tokenizer.ggml.token_type"]
+        types = [int(types.parts[i][0]) for i in types.data]
         hf = AutoTokenizer.from_pretrained(str(folder))
+        specials = set(hf.added_tokens_decoder)
+        assert all(types[i] == 3 for i in specials)  # CONTROL: <|im_end|> ..., and the <|zh_reserved_N|> padding
+        assert all(t == 1 for i, t in enumerate(types) if i not in specials)  # NORMAL, new tokens included
+        if name == "merged":
+            pads = [i for i in specials if hf.added_tokens_decoder[i].content.startswith("<|zh_reserved_")]
+            assert len(types) == len(hf) and len(hf) % 64 == 0 and pads and min(pads) > 49152
         llm = new_llama(str(out), n_ctx=64, vocab_only=True, verbose=False)
         try:
             assert llm.n_vocab() == len(hf)

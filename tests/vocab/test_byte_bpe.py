@@ -121,6 +121,7 @@ def test_merged_tokens_only_join_base_tokens(tokenizers_pair, corpus_lines):
         assert cuts(m) <= cuts(b)
 
 
+@pytest.mark.slow
 def test_at_least_30_percent_fewer_tokens_on_the_corpus(run_cli, smollm2_tokenizer, merged_smollm2, corpus_file):
     code, out, err = run_cli(
         "--json", "vocab", "stats", "-t", smollm2_tokenizer, "-t", merged_smollm2, "--text", corpus_file
@@ -132,6 +133,7 @@ def test_at_least_30_percent_fewer_tokens_on_the_corpus(run_cli, smollm2_tokeniz
     assert merged["byte_fallback_rate"] < base["byte_fallback_rate"]  # fewer pieces of characters
 
 
+@pytest.mark.slow
 def test_every_corpus_line_round_trips(merged_hf, tokenizers_pair, corpus_lines):
     _, merged = tokenizers_pair
     for line in corpus_lines:
@@ -161,6 +163,7 @@ def test_arbitrary_text_round_trips_and_invalid_text_fails_as_in_the_base(tokeni
     assert outcomes[0] == outcomes[1]
 
 
+@pytest.mark.slow
 def test_merge_cli_report_json_and_padding(run_cli, tmp_path, smollm2_tokenizer, zh_bpe):
     from transformers import AutoTokenizer
 
@@ -194,6 +197,7 @@ def test_merge_cli_report_json_and_padding(run_cli, tmp_path, smollm2_tokenizer,
     assert code == 0 and "new vocab size" in stdout and "skipped ASCII" in stdout
 
 
+@pytest.mark.slow
 def test_sentencepiece_and_word_list_additions(tmp_path, smollm2_tokenizer, corpus_lines):
     from tokenizers import Tokenizer
 
