@@ -3,7 +3,8 @@
 The same server command is started twice on a tiny 4-layer model (the merged Chinese tokenizer):
 `--max-batch-size 16` (continuous batching) and the baseline `--max-batch-size 1` (one answer at a
 time, arrival order: what `serve` did before batching). Each client sends streaming greedy chat
-requests back to back (distinct prompts, `max_tokens` 64); reported per run: total completion
+requests back to back (distinct prompts, `max_tokens` 64). Both servers are up at once and their
+runs alternate (best of REPEATS each), so a load change on the machine hits both; reported: total completion
 tokens/s (from `stream_options.include_usage`), p50/p99 time to first token, and whether every
 stream ended with `[DONE]` and every answer equals the serial server's answer to the same prompt.
 Goal (issue 23): 16 clients, batched >= 5x the serial server's throughput.
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 CLIENTS = (1, 4, 16)
+REPEATS = 2
 MAX_TOKENS = 64
 BATCH = 16
 WORDS = ["你好", "北京", "上海的历史", "写一首关于春天的诗", "1+1等于几？", "广州", "介绍一下长城", "杭州西湖"]
@@ -44,7 +46,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(url: str, proc: subprocess.Popen) -> None:
+def _wait(url: str, proc: subprocess.Popen, log) -> None:
     import httpx
 
     deadline = time.monotonic() + 180
@@ -55,18 +57,18 @@ def _wait(url: str, proc: subprocess.Popen) -> None:
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+            log.seek(0)
+            raise RuntimeError(f"server did not start: {log.read()[-2000:]}")
         time.sleep(0.3)
 
 
 def _start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
     port = _port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=log, stderr=log, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    _wait(url, proc)
+    _wait(url, proc, log)
     return proc, url
 
 
@@ -78,8 +80,10 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-async def _one(client, url: str, prompt: str, chat: bool) -> dict:
-    body = {"max_tokens": MAX_TOKENS, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+async def _one(client, url: str, prompt: str, chat: bool, usage: bool = True) -> dict:
+    body = {"max_tokens": MAX_TOKENS, "temperature": 0, "stream": True}
+    if usage:
+        body["stream_options"] = {"include_usage": True}
     if chat:
         body["messages"] = [{"role": "user", "content": prompt}]
         route = "/v1/chat/completions"
@@ -105,21 +109,23 @@ async def _one(client, url: str, prompt: str, chat: bool) -> dict:
                     if first is None:
                         first = time.perf_counter() - start
                     parts.append(text)
+    if not usage:
+        tokens = len(parts)  # a server without usage in streams: one text chunk per token
     return {"prompt": prompt, "text": "".join(parts), "tokens": tokens, "ttft": first, "done": done}
 
 
-async def _load(url: str, clients: int, chat: bool = True) -> dict:
+async def _load(url: str, clients: int, chat: bool = True, usage: bool = True) -> dict:
     import httpx
 
     per_client = max(2, 16 // clients)
     prompts = _prompts(clients * per_client)
 
     async def client_loop(client, mine):
-        return [await _one(client, url, p, chat) for p in mine]
+        return [await _one(client, url, p, chat, usage) for p in mine]
 
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await _one(client, url, "热身", chat)  # warm-up: first-request costs out of the timing
+        await _one(client, url, "热身", chat, usage)  # warm-up: first-request costs out of the timing
         start = time.perf_counter()
         runs = await asyncio.gather(*(client_loop(client, prompts[c::clients]) for c in range(clients)))
         wall = time.perf_counter() - start
@@ -144,34 +150,41 @@ def _percentile(values: list[float], q: float) -> float:
     return values[k]
 
 
-def _measure(cmd: list[str], chat: bool = True) -> dict:
-    proc, url = _start(cmd)
+def _side_by_side(cmds: dict[str, list[str]], chat: bool = True, usage: bool = True, no_usage=()) -> dict:
+    """{label: {clients: run}} with every server up at once and the runs interleaved (each client
+    count: every server in turn, REPEATS times, the fastest kept), so they share the machine's load."""
+    started = {}
     try:
-        return {clients: asyncio.run(_load(url, clients, chat)) for clients in CLIENTS}
+        for label, cmd in cmds.items():
+            started[label] = _start(cmd)
+        out: dict = {label: {} for label in cmds}
+        for clients in CLIENTS:
+            for _ in range(REPEATS):
+                for label, (_proc, url) in started.items():
+                    run = asyncio.run(_load(url, clients, chat, usage and label not in no_usage))
+                    best = out[label].get(clients)
+                    if best is None or run["tokens_per_s"] > best["tokens_per_s"]:
+                        out[label][clients] = run
+        return out
     finally:
-        _stop(proc)
+        for proc, _url in started.values():
+            _stop(proc)
 
 
 def _llama_cpp_server(model_dir: Path, work: Path) -> list[str] | None:
-    """The command of llama-cpp-python's server on a GGUF of the model, or None when not installed."""
-    import importlib.util
+    """The command of llama-cpp-python's server on an F32 GGUF of the model, or None when it is not
+    installed (`pip install 'llama-cpp-python[server]'`; ZHLLAMA_LLAMA_CPP_PYTHON may name another
+    interpreter that has it)."""
+    python = os.environ.get("ZHLLAMA_LLAMA_CPP_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", "import llama_cpp.server.app"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    from zhllama.core.quantize.gguf_export import write_gguf
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        return None
-    try:
-        if importlib.util.find_spec("llama_cpp.server") is None:
-            return None
-        import sse_starlette  # noqa: F401  (the server's own dependencies: `llama-cpp-python[server]`)
-        import starlette_context  # noqa: F401
-    except ImportError:
-        return None
-    gguf = work / "model.gguf"
-    subprocess.run(
-        [sys.executable, "-m", "zhllama", "quantize", "gguf", "-m", str(model_dir), "-o", str(gguf), "--type", "f32"],
-        check=True,
-        capture_output=True,
-    )
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", "2048", "--host", "127.0.0.1"]
+    gguf = work / "model-f32.gguf"
+    write_gguf(model_dir, gguf, "F32")
+    server = [python, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", "2048", "--host", "127.0.0.1"]
+    return [*server, "--interrupt_requests", "False"]  # its default cuts a running stream at each new request
 
 
 def main() -> dict:
@@ -184,10 +197,9 @@ def main() -> dict:
         model = tiny_model(work, TinyShape(num_hidden_layers=4))
         serve = [sys.executable, "-m", "zhllama", "serve", "-m", str(model), "--template", "llama2-zh"]
         serve += ["--max-new-tokens", str(MAX_TOKENS), "--max-queue", "256"]
-        runs = {
-            "serial": _measure([*serve, "--max-batch-size", "1"]),
-            "batched": _measure([*serve, "--max-batch-size", str(BATCH)]),
-        }
+        runs = _side_by_side(
+            {"serial": [*serve, "--max-batch-size", "1"], "batched": [*serve, "--max-batch-size", str(BATCH)]}
+        )
         reference = runs["serial"][1]["texts"]
         for label, by_clients in runs.items():
             for clients, run in by_clients.items():
@@ -206,12 +218,18 @@ def main() -> dict:
         if llama is None:
             results["llama_cpp_server"] = "skipped: llama-cpp-python's server (llama-cpp-python[server]) not installed"
         else:
-            ours = _measure([*serve, "--max-batch-size", str(BATCH)], chat=False)
-            theirs = _measure(llama, chat=False)
+            ours_cmd = [*serve, "--max-batch-size", str(BATCH)]
+            both = _side_by_side({"ours": ours_cmd, "theirs": llama}, chat=False, no_usage=("theirs",))
+            ours, theirs = both["ours"], both["theirs"]
+            for run in ours.values():
+                run.pop("texts")
             for clients in CLIENTS:
                 results[f"completions_batched_{clients}_tokens_per_s"] = ours[clients]["tokens_per_s"]
                 results[f"llama_cpp_server_{clients}_tokens_per_s"] = theirs[clients]["tokens_per_s"]
                 results[f"llama_cpp_server_{clients}_ttft_p50_s"] = theirs[clients]["ttft_p50_s"]
+                results[f"llama_cpp_server_{clients}_ttft_p99_s"] = theirs[clients]["ttft_p99_s"]
+                results[f"llama_cpp_server_{clients}_all_done"] = theirs[clients]["all_done"]
+                theirs[clients].pop("texts")
                 results[f"batched_vs_llama_cpp_server_{clients}_clients"] = (
                     ours[clients]["tokens_per_s"] / theirs[clients]["tokens_per_s"]
                 )

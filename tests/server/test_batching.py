@@ -83,6 +83,7 @@ def _same(got, expected):
     assert got.finish_reason == expected.finish_reason
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampled", [False, True])
 def test_concurrent_answers_equal_answers_alone(runtime, sampled):
     params = [
@@ -104,6 +105,7 @@ def test_concurrent_answers_equal_answers_alone(runtime, sampled):
         assert sink.text(i) == want.text and sink.ends[i] is None  # streamed chunks add up to the text
 
 
+@pytest.mark.slow
 def test_rows_join_a_running_batch_and_leave_it(runtime):
     """A long answer is running; others join mid-way, one ends early on a stop string, one on a stop id."""
     long_params = GenerationParams(max_new_tokens=60, greedy=True)
@@ -143,6 +145,7 @@ def test_rows_join_a_running_batch_and_leave_it(runtime):
     assert scheduler.batch.rows == [] and scheduler.batch.cache is None  # nothing kept after the last row
 
 
+@pytest.mark.slow
 def test_logprobs_and_guidance_in_a_batch(runtime):
     """logprobs rows are batched; a guidance answer runs exclusively beside the batch; all equal alone."""
     params = GenerationParams(max_new_tokens=10, greedy=True)
@@ -245,6 +248,7 @@ async def _stream(client, url, body):
     return "".join(text), usage, done
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_streams_equal_serial(runtime, live_server):
     """16 clients at once: every stream ends with [DONE]; each greedy text is the one-at-a-time text."""
     prompts = [f"{PROMPTS[i % len(PROMPTS)]}{'！' * (i // len(PROMPTS))}" for i in range(16)]
@@ -351,3 +355,62 @@ def test_greedy_rows_chosen_together_equal_their_own_samplers():
     ]
     assert greedy_tokens(sequences, logits, penalties) == expected
     assert expected[0] != 2  # the penalty changed the choice there
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed"
+)
+def test_llama_cpp_answers_run_one_at_a_time(tiny_zh_model, tmp_path):
+    """Engines without a batched forward keep serial serving: concurrent answers run one after the
+    other through `Reply` (never interleaved on llama.cpp's single context) and equal answers alone."""
+    from zhllama.core.engine import open_model
+    from zhllama.core.loading import ModelOptions
+    from zhllama.core.quantize.gguf_export import write_gguf
+
+    path = tmp_path / "tiny-f32.gguf"
+    write_gguf(tiny_zh_model, path, "F32")
+    model = open_model(ModelOptions(model=str(path), context_length=256))
+    try:
+        runtime = ChatRuntime(model, get_template("llama2-zh"), NAME)
+        params = GenerationParams(max_new_tokens=10, greedy=True)
+        ids = [_ids(runtime, p) for p in PROMPTS[:3]]
+        expected = [_alone(runtime, i, params) for i in ids]
+        scheduler = Scheduler(model, max_batch_size=8)
+        assert not scheduler.batchable
+        active, overlap = [], []
+        original = model.generate
+
+        def tracking(*args, **kwargs):
+            overlap.append(len(active))
+            active.append(1)
+            try:
+                yield from original(*args, **kwargs)
+            finally:
+                active.pop()
+
+        model.generate = tracking
+        replies = [runtime.reply(i, params) for i in ids]
+        sink = Collector(len(replies))
+        scheduler.submit(replies, sink)
+        sink.wait()
+        scheduler.close()
+        assert overlap == [0, 0, 0]  # each answer started with no other one open
+        for i, (got, want) in enumerate(zip(replies, expected, strict=True)):
+            _same(got, want)
+            assert sink.text(i) == want.text
+    finally:
+        model.close()
+
+
+def test_non_streaming_client_that_gives_up_cancels_its_answer(runtime, live_server):
+    app = create_app(runtime, GenerationParams(max_new_tokens=4000, greedy=True), limits=ServerLimits(max_tokens=4000))
+    scheduler = app.state.server.scheduler
+    with live_server(app) as url:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/completions", json={"prompt": "北京", "max_tokens": 4000}, timeout=1.0)
+        deadline = time.monotonic() + 10
+        while scheduler.batch.rows or scheduler.queued:
+            assert time.monotonic() < deadline, "the answer went on after its client left"
+            time.sleep(0.05)
+        assert scheduler.stats.steps < 4000
+    app.state.server.close()

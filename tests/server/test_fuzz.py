@@ -220,18 +220,21 @@ FUZZ = settings(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(body=bodies(CHAT, ("messages",), VALID_CHAT))
 def test_chat_bodies_never_500(http, body):
     check(http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"}))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(body=bodies(COMPLETION, ("prompt",), VALID_COMPLETION))
 def test_completion_bodies_never_500(http, body):
     check(http.post("/v1/completions", content=body, headers={"content-type": "application/json"}))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=EXAMPLES // 2)
 @given(body=bodies(EMBEDDING, ("input",), VALID_EMBEDDING))
 def test_embedding_bodies_never_500(http, body):

@@ -320,22 +320,28 @@ def _cancel(replies) -> None:
         reply.cancel()  # no-op when finished; stops a generation whose client went away
 
 
+async def _watch(request, replies) -> None:
+    """Cancel `replies` once the client of `request` has gone (checked every 0.25 s)."""
+    while True:
+        await asyncio.sleep(0.25)
+        if await request.is_disconnected():
+            _cancel(replies)
+            return
+
+
 async def _collect(request, replies, feed: _Feed) -> None:
     """Wait until every answer of a non-streaming request ended; a client disconnect cancels them."""
     remaining, error = len(replies), None
+    watcher = asyncio.ensure_future(_watch(request, replies))
     try:
         while remaining:
-            try:
-                _index, item = await asyncio.wait_for(feed.queue.get(), timeout=0.25)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    _cancel(replies)
-                continue
+            _index, item = await feed.queue.get()
             if item is None or isinstance(item, BaseException):
                 remaining -= 1
                 if isinstance(item, BaseException) and error is None:
                     error = item
     finally:
+        watcher.cancel()
         if remaining:
             _cancel(replies)
     if error is not None:
