@@ -1,4 +1,6 @@
-"""`zhllama demo` end to end (reduced steps): every artifact loads in its ecosystem's own reader."""
+"""`zhllama demo` end to end (reduced steps): every artifact loads in its ecosystem's own reader, each
+stage's size is its artifact's, and the final chat answer is the merged model's own greedy answer
+(the start of what plain transformers decodes greedily from the llama2-zh prompt the chat command uses)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ def test_demo_pipeline_artifacts_load(run_cli, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     stages = {s["stage"]: s for s in result["stages"]}
-    for name in ("vocab train", "vocab merge", "pretrain", "sft"):
-        assert stages[name]["bytes"] > 0
+    for name, artifact in (("pretrain", "pt_lora"), ("sft", "sft_lora"), ("dpo", "dpo_lora")):
+        assert stages[name]["bytes"] == sum(f.stat().st_size for f in (work / artifact).rglob("*") if f.is_file())
+        assert json.loads((work / artifact / "train_summary.json").read_text())["kind"] == name
     tok = AutoTokenizer.from_pretrained(str(work / "merged_tokenizer"))
     assert tok("中文")["input_ids"][0] == tok.bos_token_id
     base = AutoModelForCausalLM.from_pretrained(str(work / "base_model"))
@@ -42,4 +45,28 @@ def test_demo_pipeline_artifacts_load(run_cli, tmp_path):
     ceval = json.loads((work / "ceval" / "summary.json").read_text())
     assert ceval["overall"]["total"] == 24
     chat = json.loads((work / "chat.json").read_text())
-    assert chat["prompt"] == "熊猫最喜欢吃什么？" and isinstance(chat["answer"], str)
+    assert chat["prompt"] == "熊猫最喜欢吃什么？"
+    _check_answer(work / "merged_model", chat)
+
+
+def _check_answer(model_dir, chat) -> None:
+    """The chat stage's answer is the start of greedy decoding by transformers' own `generate`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zhllama.core.templates import Message, encode, get_template
+    from zhllama.core.tokenizer import ZhTokenizer
+
+    tok = ZhTokenizer(model_dir)
+    segments = get_template("llama2-zh").segments([Message("user", chat["prompt"])], add_generation_prompt=True)
+    ids = encode(tok, segments)[0]
+    assert chat["usage"]["prompt_tokens"] == len(ids)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), do_sample=False, max_new_tokens=48, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id
+        )
+    greedy = tok.decode([int(t) for t in out[0, len(ids) :] if int(t) != tok.eos_id])
+    # the chat stops early at the template's stop text or EOS: its answer is the start of the same greedy text
+    assert chat["answer"].strip() and greedy.startswith(chat["answer"]), (chat["answer"], greedy)
+    assert chat["usage"]["completion_tokens"] <= 48
