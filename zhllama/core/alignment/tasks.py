@@ -174,6 +174,10 @@ def load_reward_model(path: Path, tokenizer, dtype):
 
     if not path.is_dir():
         raise UserError(f"--reward-model: {path}: no such folder")
+    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():  # reliab: checked before loading
+        from zhllama.core.checkpoint.validate import validate_adapter_dir, validate_model_dir
+
+        (validate_adapter_dir if (path / "adapter_config.json").is_file() else validate_model_dir)(path)
     if any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         rm_tok = ZhTokenizer(path)
         probe = "奖励模型 reward model 123"
@@ -190,6 +194,7 @@ def load_reward_model(path: Path, tokenizer, dtype):
             base = Path(config.get("base_model_name_or_path") or "")
             if not (base / "config.json").is_file():
                 raise UserError(f"--reward-model: {path}: its base model {base} is not a model folder")
+            validate_model_dir(base)
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(base), num_labels=1, dtype=dtype, trust_remote_code=False
             )
