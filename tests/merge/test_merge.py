@@ -113,6 +113,36 @@ def test_two_adapter_chain_with_larger_vocab(tmp_path, tiny_base_model, adapters
     assert len(ZhTokenizer(tmp_path / "m")) == len(ZhTokenizer(merged_tokenizer))  # last adapter's tokenizer wins
 
 
+def test_tied_embedding_base_gets_the_adapters_own_lm_head(tmp_path, tiny_base_model, merged_tokenizer):
+    """SmolLM2 / Llama-3.2-1B style: the base ties lm_head to embed_tokens (no lm_head tensor on disk),
+    while PEFT's modules_to_save trains a separate LM head; the merge writes it and unties."""
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base_model), dtype=torch.float32)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    tied = tmp_path / "tied"
+    model.save_pretrained(str(tied))
+    shutil.copy(tiny_base_model / "tokenizer.model", tied)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_base_model / name).is_file():
+            shutil.copy(tiny_base_model / name, tied)
+    assert "lm_head.weight" not in load_file(str(tied / "model.safetensors"))
+    rows = padded_size(len(ZhTokenizer(merged_tokenizer)))
+    adapter = make_adapter(tied, tmp_path / "adapter", merged_tokenizer, seed=3, rows=rows)
+
+    result = merge(tied, [adapter], tmp_path / "m", verify=True)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    written = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert (
+        written["lm_head.weight"].shape == written["model.embed_tokens.weight"].shape == (rows, config["hidden_size"])
+    )
+    assert not torch.equal(written["lm_head.weight"], written["model.embed_tokens.weight"])
+    torch.testing.assert_close(
+        merged_logits(tmp_path / "m", PROBE), reference_logits(tied, [adapter], PROBE), atol=1e-5, rtol=0
+    )
+    assert result.verify_max_abs_diff is not None and result.verify_max_abs_diff < 1e-5
+
+
 def test_bin_and_multi_shard_bases_and_output_shards(tmp_path, tiny_base_model, adapters):
     first, _ = adapters
     # transformers 5 only writes safetensors: build the older .bin layout (two shards + index) by hand

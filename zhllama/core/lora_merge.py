@@ -132,6 +132,15 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, fan_in_fan_out:
 
 
 # ---- planning (all checks before any write) -------------------------------------------------------
+LM_HEAD = "lm_head.weight"
+
+
+def ties_embeddings(base: Path) -> bool:
+    """Whether the base's LM head is its input embedding (SmolLM2, Llama-3.2-1B, small Qwen): such a
+    checkpoint has no `lm_head.weight`, while PEFT's `modules_to_save` trains a separate copy of it."""
+    return bool(read_config(base).get("tie_word_embeddings", False))
+
+
 def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dict[str, tuple[int, ...]]:
     """Output shape of every tensor, in the order the base shards yield them; raises before any write."""
     shapes = plan_shards(base)
@@ -141,6 +150,9 @@ def plan(base: Path, adapters: list[Adapter], tokenizer_size: int | None) -> dic
         for key, tensor in adapter.full.items():
             if key not in new_shapes and adapter.is_sequence_classifier and key.startswith(SCORE_HEAD):
                 new_shapes[key] = tuple(tensor.shape)  # the classification head the base does not have
+                continue
+            if key not in new_shapes and key == LM_HEAD and ties_embeddings(base):
+                new_shapes[key] = tuple(tensor.shape)  # trained apart from the tied embedding: written untied
                 continue
             if key not in new_shapes:
                 raise UserError(f"{adapter.path}: module '{key.rsplit('.', 1)[0]}' is not in the base model")
@@ -252,6 +264,8 @@ def merge(
     config = merged_config(config, adapters)
     if any(adapter.is_sequence_classifier for adapter in adapters):
         config = classifier_config(config, shapes, tok.pad_id)
+    elif LM_HEAD in shapes and config.get("tie_word_embeddings"):
+        config["tie_word_embeddings"] = False  # the adapter's own LM head is written: keep what it learned
     embed_key = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
     vocab_size = shapes[embed_key][0] if embed_key else config.get("vocab_size")
     counts = {"tensors": 0, "lora": 0, "replaced": 0}
