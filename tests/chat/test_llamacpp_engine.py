@@ -112,3 +112,18 @@ def test_real_chat_model_batched_prompt_and_template(smollm2_gguf):
         assert tok.decode(list(model.generate(ids, params))) == "The capital of France is Paris."
     finally:
         model.close()
+
+
+def test_tokens_longer_than_32_bytes_decode(smollm2_gguf):
+    """llama-cpp-python's `detokenize` drops pieces over 32 bytes; the engine's decode keeps them
+    (SmolLM2 has single tokens for long runs of spaces, as code indentation produces)."""
+    model = open_model(ModelOptions(model=str(smollm2_gguf), context_length=128))
+    try:
+        tok = model.tokenizer
+        text = "def f():\n" + " " * 48 + "return 1"
+        ids = tok.encode(text)
+        assert max(len(tok.token_bytes(i)) for i in ids) > 32  # the case llama-cpp-python loses
+        assert tok.decode(ids) == text
+        assert b"".join(tok.token_bytes(i) for i in ids) == text.encode()
+    finally:
+        model.close()

@@ -71,8 +71,25 @@ class GGUFTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         specials = {self.bos_id, self.eos_id} if skip_special else set()
-        kept = [i for i in ids if i not in specials]
-        return self.llm.detokenize(kept).decode("utf-8", errors="replace").removeprefix(" ") if kept else ""
+        raw = b"".join(self.token_bytes(i) for i in ids if i not in specials)
+        return raw.decode("utf-8", errors="replace").removeprefix(" ")
+
+    def token_bytes(self, idx: int) -> bytes:
+        """The bytes of one token. llama-cpp-python's `detokenize` reads pieces into a 32-byte buffer
+        and silently drops longer ones (runs of spaces, long merged words); llama.cpp returns the
+        needed size as a negative count, so ask again with that size."""
+        import ctypes
+
+        import llama_cpp
+
+        vocab = self.llm._model.vocab
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(idx), buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
 
     def id_to_piece(self, idx: int) -> str:
         return self.llm._model.token_get_text(idx)
