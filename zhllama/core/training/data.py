@@ -45,6 +45,7 @@ from itertools import chain, repeat
 from pathlib import Path
 
 from zhllama.core.errors import UserError
+from zhllama.core.paths import sha256_file
 from zhllama.core.templates import Message, Template, encode, get_template
 from zhllama.core.tokenizer import TOKENIZER_FILES, ZhTokenizer
 
@@ -86,14 +87,6 @@ def expand_files(
     if not files:
         raise UserError("--data: give at least one data file")
     return files
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tokenizer_hash(tokenizer: ZhTokenizer) -> str:
