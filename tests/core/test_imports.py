@@ -162,7 +162,4 @@ def test_no_import_cycle_among_core_modules():
 
 def test_plugins_never_import_the_cli():
     offenders = sorted((m, d) for m in _under("zhllama.plugins") for d in GRAPH[m] if d.startswith("zhllama.cli"))
-    benchmarks = [o for o in offenders if o[0].startswith("zhllama.plugins.benchmarks.")]
-    if offenders and offenders == benchmarks:
-        pytest.xfail(f"benchmark plugins still import their eval commands (issue 25 point 2): {benchmarks}")
     assert offenders == []
