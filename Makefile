@@ -6,7 +6,7 @@ EXTRAS ?= dev
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(EXTRAS)) | sha256sum | cut -c1-12)
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast bench lint install clean
+.PHONY: demo test test-fast bench lint install clean llamacpp-tools test-gptq
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check zhllama tests benchmarks
 	$(BIN)/ruff format --check zhllama tests benchmarks
+
+# llama.cpp's llama-imatrix, llama-quantize, llama-perplexity (quantize gguf --imatrix*), built once with
+# cmake from the installed llama-cpp-python's sdist into $$ZHLLAMA_CACHE/llama.cpp-tools (nothing in the repo)
+llamacpp-tools: $(STAMP)
+	$(BIN)/python -m zhllama.core.quantize.llamacpp_tools --jobs 2
+
+# GPTQModel 7.6.0 pins numpy 2.2.6: its test runs in a venv of its own, inside .venv
+GPTQ_VENV := $(VENV)/gptq
+test-gptq:
+	test -x $(GPTQ_VENV)/bin/python || $(PYTHON) -m venv $(GPTQ_VENV)
+	$(GPTQ_VENV)/bin/python -m pip install -q $(TORCH)
+	$(GPTQ_VENV)/bin/python -m pip install -q -e '.[gptq]' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3'
+	ZHLLAMA_REQUIRE_GPTQ=1 GPTQMODEL_CPU_WORKERS=2 $(GPTQ_VENV)/bin/python -m pytest -q tests/quantize/test_gptq.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
