@@ -414,3 +414,32 @@ def test_non_streaming_client_that_gives_up_cancels_its_answer(runtime, live_ser
             time.sleep(0.05)
         assert scheduler.stats.steps < 4000
     app.state.server.close()
+
+
+def test_a_row_the_sampler_refuses_fails_alone_and_the_thread_lives(runtime, monkeypatch):
+    from zhllama.core.generation import scheduler as module
+
+    original = module.Sampler
+
+    def sampler(p):
+        if p.seed == 77:
+            raise ValueError("top_k has to be a strictly positive integer")
+        return original(p)
+
+    monkeypatch.setattr(module, "Sampler", sampler)
+    params = GenerationParams(max_new_tokens=5, greedy=True)
+    scheduler = Scheduler(runtime.model, max_batch_size=4)
+    good, refused = (
+        runtime.reply(_ids(runtime, PROMPTS[0]), params),
+        runtime.reply(_ids(runtime, PROMPTS[1]), GenerationParams(max_new_tokens=5, greedy=True, seed=77)),
+    )
+    sink = Collector(2)
+    scheduler.submit([good, refused], sink)
+    sink.wait()
+    assert sink.ends[0] is None and isinstance(sink.ends[1], ValueError)
+    again = runtime.reply(_ids(runtime, PROMPTS[0]), params)
+    sink = Collector(1)
+    scheduler.submit([again], sink)  # the scheduler's thread still serves
+    sink.wait()
+    scheduler.close()
+    assert again.text == good.text == _alone(runtime, _ids(runtime, PROMPTS[0]), params).text

@@ -139,7 +139,10 @@ class Scheduler:
                         future.set_result(fn(*args))
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller
                         future.set_exception(exc)
-            self._step(joining)
+            try:
+                self._step(joining)
+            except Exception as exc:  # noqa: BLE001 - the model's thread must not die: fail what ran
+                self._fail_all(exc)
         for future, _fn, _args in calls:
             future.cancel()
         running = list(pending)
@@ -176,6 +179,16 @@ class Scheduler:
         self.waiting = kept
         return joining
 
+    def _fail_all(self, exc: BaseException) -> None:
+        tickets = [row.owner for row in self.batch.rows] if self.batch is not None else []
+        if self.batch is not None:
+            self.batch = DecodeBatch(self.model)
+        if self.exclusive is not None:
+            tickets.append(self.exclusive)
+            self.exclusive = None
+        for ticket in tickets:
+            self._end(ticket, exc)
+
     def _batchable(self, reply) -> bool:
         return self.batchable and reply.decoder is None and reply.guidance is None
 
@@ -185,14 +198,18 @@ class Scheduler:
             rows = []
             for ticket in joining:
                 reply = ticket.reply
-                ticket.row = Row(list(reply.prompt_ids), Sampler(reply.params), reply.stopper, ticket)
+                try:
+                    ticket.row = Row(list(reply.prompt_ids), Sampler(reply.params), reply.stopper, ticket)
+                except Exception as exc:  # noqa: BLE001 - e.g. settings the sampler refuses
+                    self._end(ticket, exc)
+                    continue
                 reply.token_ids = ticket.row.generated  # the reply reports what the row generates
                 rows.append(ticket.row)
             try:
                 batch.add(rows)
             except Exception as exc:  # noqa: BLE001 - the newcomers fail, the running rows go on
-                for ticket in joining:
-                    self._end(ticket, exc)
+                for row in rows:
+                    self._end(row.owner, exc)
         if batch is not None and batch.rows:
             try:
                 self._decode(batch)
