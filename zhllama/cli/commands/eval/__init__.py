@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import typer
 
-from zhllama.cli.commands.eval import ppl
+from zhllama.cli.commands.eval import harness, ppl
 from zhllama.core import registry
 from zhllama.core.errors import UserError
 
 app = typer.Typer(help="Evaluate a model: C-Eval, CMMLU, LongBench, perplexity.", no_args_is_help=True)
 ppl.register(app)
+harness.register(app)  # lm-evaluation-harness tasks (engines: zhllama/harness)
 
 
 def broken_command(name: str, problem: str):
