@@ -8,7 +8,8 @@ join later are prefilled on their own (padded among themselves) and their cache 
 running one, left-padded to a common width; finished rows are removed and the columns no row needs
 any more are trimmed. Every row keeps its own `Sampler` (its own seeded generator) and its own
 `Stopper`: a row's answer does not depend on which prompts it is batched with.
-Models without a batched forward (llama.cpp, vLLM) answer the prompts one by one.
+vLLM batches on its own (`generate_batch`: all of predict's prompts in one call); llama.cpp answers
+the prompts one by one.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def answer_batch(runtime, prompts: Sequence[Sequence[int]], params: Sequence[Gen
                 replace(p, max_new_tokens=min(p.max_new_tokens, room)), runtime.template, model.tokenizer
             )
         )
+    if callable(getattr(model, "generate_batch", None)) and runtime.decoder is None and len(prompts) > 1:
+        return _engine_batched(model, prompts, fitted)
     if not can_batch(model) or len(prompts) == 1:
         out = []
         for ids, p in zip(prompts, fitted, strict=True):
@@ -55,6 +58,18 @@ def answer_batch(runtime, prompts: Sequence[Sequence[int]], params: Sequence[Gen
             out.append(Answer(reply.text, reply.token_ids, reply.finish_reason, len(ids)))
         return out
     return _batched(model, prompts, fitted)
+
+
+def _engine_batched(model, prompts: Sequence[Sequence[int]], params: Sequence[GenerationParams]) -> list[Answer]:
+    """An engine that batches on its own (vLLM's `generate_batch`): every prompt in one call, each
+    answer cut by its own `Stopper`, as `runtime.reply` would cut it."""
+    stoppers = [Stopper(model.tokenizer, p, getattr(model, "extra_stops", ())) for p in params]
+    answers = model.generate_batch(prompts, params, stoppers)
+    out = []
+    for prompt, ids, stopper in zip(prompts, answers, stoppers, strict=True):
+        stopper.stream.finish()
+        out.append(Answer(stopper.stream.text, list(ids), stopper.finish_reason or "stop", len(prompt)))
+    return out
 
 
 @dataclass(eq=False)
