@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import zhllama
 
 ROOT = Path(zhllama.__file__).parent
@@ -147,16 +145,8 @@ def test_training_and_alignment_are_free_of_cycles():
     assert on_cycles == []
 
 
-KNOWN_CORE_CYCLES = [
-    # plugin_api.base_class imports templates.Template lazily; templates subclasses plugin_api.Plugin.
-    ["zhllama.core.plugin_api", "zhllama.core.registry", "zhllama.core.templates"],
-]
-
-
 def test_no_import_cycle_among_core_modules():
     found = cycles(_under("zhllama.core"))
-    if found and all(c in KNOWN_CORE_CYCLES for c in found):
-        pytest.xfail(f"known cycle outside the training pipeline, owned by the plugin API: {found}")
     assert found == []
 
 

@@ -2,7 +2,7 @@
 
 | kind        | entry-point group     | base class            | what a plugin provides                        |
 |-------------|-----------------------|-----------------------|-----------------------------------------------|
-| templates   | `zhllama.templates`   | `core.templates.Template` | `segments(messages, system, add_generation_prompt)` |
+| templates   | `zhllama.templates`   | `TemplatePlugin` (subclass `core.templates.Template`, which adds the shared helpers) | `segments(messages, system, add_generation_prompt)` |
 | quantizers  | `zhllama.quantizers`  | `QuantizerPlugin`     | `Options` dataclass + `quantize(model, output, options)` |
 | engines     | `zhllama.engines`     | `EnginePlugin`        | `accepts(path)`, `load(path, ModelOptions) -> LoadedModel` |
 | benchmarks  | `zhllama.benchmarks`  | `BenchmarkPlugin`     | `settings_class` + `check/prepare/run/table` (the generic eval command), or `typer_command()` |
@@ -40,6 +40,19 @@ class Plugin:
 @dataclasses.dataclass
 class NoOptions:
     """The options of a plugin that has none."""
+
+
+class TemplatePlugin(Plugin, ABC):
+    """A chat template. Subclass `zhllama.core.templates.Template`, which adds the helpers every
+    template shares (turn splitting, stop handling); this base only names what the registry checks."""
+
+    default_system: ClassVar[str | None] = None
+    stop_strings: ClassVar[tuple[str, ...]] = ()
+    stop_tokens: ClassVar[tuple[str, ...]] = ()  # special tokens that end an answer (besides the tokenizer's EOS)
+
+    @abstractmethod
+    def segments(self, messages, system: str | None = None, add_generation_prompt: bool = False):
+        """The conversation as `core.templates.Segment`s (text, special tokens, template markup)."""
 
 
 class QuantizerPlugin(Plugin, ABC):
@@ -96,9 +109,10 @@ class BenchmarkPlugin(Plugin):
 
 
 def base_class(kind: str) -> type:
-    """The base class plugins of `kind` must subclass (templates' lives with the template system)."""
-    if kind == "templates":
-        from zhllama.core.templates import Template
-
-        return Template
-    return {"quantizers": QuantizerPlugin, "engines": EnginePlugin, "benchmarks": BenchmarkPlugin}[kind]
+    """The base class plugins of `kind` must subclass."""
+    return {
+        "templates": TemplatePlugin,
+        "quantizers": QuantizerPlugin,
+        "engines": EnginePlugin,
+        "benchmarks": BenchmarkPlugin,
+    }[kind]

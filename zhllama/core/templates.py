@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from zhllama.core import console, registry
 from zhllama.core.errors import UserError
-from zhllama.core.plugin_api import Plugin
+from zhllama.core.plugin_api import TemplatePlugin
 
 if TYPE_CHECKING:
     from zhllama.core.tokenizer import ZhTokenizer
@@ -63,19 +63,8 @@ def Special(token: str, train: bool = False) -> Segment:  # noqa: N802
     return Segment(special=token, train=train)
 
 
-class Template(Plugin):
+class Template(TemplatePlugin):
     """Base class: subclasses set the class attributes and implement `segments`."""
-
-    name: str = ""
-    description: str = ""
-    requires: tuple[str, ...] = ()
-    install_hint: str = ""
-    default_system: str | None = None
-    stop_strings: tuple[str, ...] = ()
-    stop_tokens: tuple[str, ...] = ()  # special tokens that end an answer (besides the tokenizer's EOS)
-
-    def segments(self, messages: Sequence[Message], system: str | None = None, add_generation_prompt: bool = False):
-        raise NotImplementedError
 
     # --- helpers shared by all templates -----------------------------------------------------
     @staticmethod
