@@ -68,10 +68,10 @@ def plain_trainer_peft(model_dir: Path, text: Path, out: Path) -> float:
 
 
 def zhllama_pretrain(model_dir: Path, text: Path, out: Path) -> float:
-    from zhllama.core.training import TrainConfig, pretrain
+    from zhllama.core.training import PretrainConfig, pretrain
 
     summary = pretrain(
-        TrainConfig(
+        PretrainConfig(
             model=model_dir,
             data=[text],
             output=out,
@@ -83,17 +83,17 @@ def zhllama_pretrain(model_dir: Path, text: Path, out: Path) -> float:
             save_steps=10_000,
             cache_dir=out.parent / "cache",
             seed=1,
-            extra={"block_size": BLOCK},
+            block_size=BLOCK,
         )
     )
     return summary["tokens"] / summary["seconds"]
 
 
 def sft_tokens_per_second(model_dir: Path, data: Path, out: Path, packing: bool) -> float:
-    from zhllama.core.training import TrainConfig, sft
+    from zhllama.core.training import SftConfig, sft
 
     summary = sft(
-        TrainConfig(
+        SftConfig(
             model=model_dir,
             data=[data],
             output=out,
@@ -105,7 +105,9 @@ def sft_tokens_per_second(model_dir: Path, data: Path, out: Path, packing: bool)
             save_steps=10_000,
             cache_dir=out.parent / "cache",
             seed=1,
-            extra={"template": "llama2-zh", "max_seq_length": 512, "packing": packing},
+            template="llama2-zh",
+            max_seq_length=512,
+            packing=packing,
         )
     )
     return summary["tokens"] / summary["seconds"]  # tokens = non-pad tokens fed to the model
