@@ -148,12 +148,15 @@ def test_held_log_lines_stream_after_hold_seconds_and_at_once_on_a_terminal(monk
     monkeypatch.setattr(console, "stderr", piped)
     monkeypatch.setattr(console, "HOLD_SECONDS", 0.05)
     console.begin_command()
-    console.log("loading model ...")
-    assert piped.file.getvalue() == ""  # held: the command may still fail within HOLD_SECONDS
-    deadline = time.monotonic() + 10
+    with console._HELD.lock:  # the hold's timer cannot release the line while this test looks
+        console.log("loading model ...")
+        assert piped.file.getvalue() == ""  # held: the command may still fail within HOLD_SECONDS
+        assert console._HELD.timer is not None and console._HELD.timer.interval == 0.05  # armed
+    deadline = time.monotonic() + 60  # then the timer writes it: waited for, generously
     while piped.file.getvalue() == "" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert piped.file.getvalue() == "loading model ...\n"  # a long job's log still streams
+    assert console._HELD.timer is None and not console._HELD.active  # released once, hold over
     console.end_command(False)
 
     terminal = Console(file=io.StringIO(), force_terminal=True, soft_wrap=True, highlight=False)
