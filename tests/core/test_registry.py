@@ -82,6 +82,34 @@ class Delegate(EnginePlugin):
         return TransformersEngine.load(Path(target), replace(options, model=target))
 
 
+class Marked(EnginePlugin):
+    name = "marked"
+    description = "HF folders holding a fake.marker file: declared above transformers (test plugin)"
+    priority = 50
+
+    @classmethod
+    def accepts(cls, path):
+        return (Path(path) / "fake.marker").is_file()
+
+    @classmethod
+    def load(cls, path, options):
+        raise NotImplementedError
+
+
+class Flaky(EnginePlugin):
+    name = "flaky"
+    description = "an engine whose check itself fails, asked first (test plugin)"
+    priority = 100
+
+    @classmethod
+    def accepts(cls, path):
+        raise RuntimeError("flaky check")
+
+    @classmethod
+    def load(cls, path, options):
+        raise NotImplementedError
+
+
 class CountChars(BenchmarkPlugin):
     name = "count-chars"
     description = "counts characters (test plugin)"
@@ -116,6 +144,9 @@ needs-missing = zh_fake_plugin:NeedsMissing
 stray = zh_fake_plugin:NotAPlugin
 [zhllama.engines]
 delegate = zh_fake_plugin:Delegate
+marked = zh_fake_plugin:Marked
+flaky = zh_fake_plugin:Flaky
+broken = zh_fake_plugin:NoSuchEngine
 [zhllama.benchmarks]
 count-chars = zh_fake_plugin:CountChars
 """
@@ -187,15 +218,40 @@ def test_benchmark_plugin_brings_its_own_command(run_with_plugin):
 
 
 def test_engine_plugin_is_chosen_by_path_and_loads(fake_plugin_dist, tiny_zh_model, tmp_path):
-    from zhllama.core.engine import open_model
+    from zhllama.core.engine import choose_engine, open_model
     from zhllama.core.loading import ModelOptions
 
     pointer = tmp_path / "m.delegate"
     pointer.write_text(str(tiny_zh_model))
-    via_plugin = open_model(ModelOptions(model=str(pointer), engine="delegate"))
+    assert choose_engine(pointer) == "delegate"
+    via_plugin = open_model(ModelOptions(model=str(pointer)))  # no --engine: chosen by what it declares
     direct = open_model(ModelOptions(model=str(tiny_zh_model)))
     ids = [[1, 5, 9, 30]]
     assert (via_plugin.next_token_logits(ids) - direct.next_token_logits(ids)).abs().max().item() == 0.0
+    named = open_model(ModelOptions(model=str(pointer), engine="delegate"))
+    assert (named.next_token_logits(ids) - direct.next_token_logits(ids)).abs().max().item() == 0.0
+
+
+def test_engines_are_asked_by_declared_priority_and_builtins_keep_their_models(
+    fake_plugin_dist, tiny_zh_model, tmp_path
+):
+    import shutil
+
+    from zhllama.core.engine import choose_engine, engines_by_priority
+
+    # every registered engine, built-ins included; 'broken' (its class does not exist) is skipped
+    order = [name for name, _ in engines_by_priority()]
+    assert order == ["flaky", "marked", "llamacpp", "transformers", "delegate", "vllm"]
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert choose_engine(gguf) == "llamacpp"  # flaky's failing check is passed over
+    assert choose_engine(tiny_zh_model) == "transformers"  # before vllm (priority 0), which opens it too
+    marked = shutil.copytree(tiny_zh_model, tmp_path / "marked")
+    (marked / "fake.marker").write_text("")
+    assert choose_engine(marked) == "marked"  # priority 50 is asked before transformers' 10
+    assert choose_engine(marked, "transformers") == "transformers"  # --engine wins
+    with pytest.raises(UserError, match="no engine accepts this model"):
+        choose_engine(tmp_path / "m.unknown")
 
 
 def test_plugins_command_lists_fake_plugins_with_install_hint(run_with_plugin):

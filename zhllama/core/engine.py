@@ -1,9 +1,10 @@
 """Inference engines: one interface for `chat`, `serve` and `eval`, several backends as plugins.
 
-An engine plugin (entry-point group `zhllama.engines`) is a class with the usual plugin
-attributes (`name`, `description`, `requires`, `install_hint`), a classmethod
-`accepts(model_path) -> bool` used for automatic choice, and a classmethod
-`load(model_path, options: ModelOptions) -> LoadedModel`.
+An engine plugin (entry-point group `zhllama.engines`, base `plugin_api.EnginePlugin`) is a class
+with the usual plugin attributes (`name`, `description`, `requires`, `install_hint`), a classmethod
+`accepts(model_path) -> bool` and a declared `priority` used for automatic choice (every registered
+engine is asked, highest priority first), `resolves_sources` (whether hub ids and Meta folders are
+turned into HF folders for it first), and a classmethod `load(model_path, options: ModelOptions) -> LoadedModel`.
 
 `open_model(ModelOptions(...))` is the one way every command turns a model source into a ready
 model: options are validated first, the source is resolved to a local path, the engine is chosen.
@@ -96,33 +97,65 @@ class LoadedModel(ABC):
         return None
 
 
-# Engines whose models are local HF folders or GGUF files: any source `resolve_model` accepts works.
-BUILTIN_SOURCES_ENGINES = ("transformers", "llamacpp", "vllm")
+def engines_by_priority() -> list[tuple[str, type]]:
+    """Every registered engine that loads, as (name, class), highest declared `priority` first (ties
+    by name). Requirements are not checked: a chosen engine whose extra is missing says how to install
+    it when it is loaded. Engines whose module fails to import are skipped (`zhllama plugins` shows why)."""
+    found = []
+    for name in registry.names("engines"):
+        try:
+            found.append((name, registry.load("engines", name, check_requirements=False)))
+        except UserError:
+            continue
+    return sorted(found, key=lambda item: (-int(getattr(item[1], "priority", 0)), item[0]))
 
 
-def choose_engine(model: str | Path, engine: str | None = None) -> str:
-    """The engine for a model: the one asked for, else the first built-in that accepts the path."""
+def _accepting(path: Path, engines: list[tuple[str, type]]) -> str | None:
+    for name, cls in engines:
+        try:
+            if cls.accepts(path):
+                return name
+        except Exception:  # a third-party engine's broken check must not stop the others
+            continue
+    return None
+
+
+def choose_engine(model: str | Path, engine: str | None = None, engines: list[tuple[str, type]] | None = None) -> str:
+    """The engine for a model: the one asked for, else the first of `engines` (default: every
+    registered engine, by declared `priority`) whose `accepts` takes the path."""
     if engine is not None:
         return engine
-    for name in ("llamacpp", "transformers"):
-        if name in registry.names("engines"):
-            cls = registry.load("engines", name, check_requirements=False)
-            if cls.accepts(Path(model)):
-                return name
-    raise UserError(f"{model}: no engine accepts this model (a HF folder or a .gguf file is expected)")
+    chosen = _accepting(Path(model), engines_by_priority() if engines is None else engines)
+    if chosen is None:
+        raise UserError(f"{model}: no engine accepts this model (a HF folder or a .gguf file is expected)")
+    return chosen
+
+
+def _resolve(options: ModelOptions) -> tuple[Path, str]:
+    """(local path, engine name). Engines that declare `resolves_sources` get hub ids and Meta /
+    TencentPretrain folders as HF folders, and every model validated (`resolve_model`); others get
+    the path as given."""
+    from zhllama.core.checkpoint.sources import resolve_model
+
+    path = Path(options.model)
+    if options.engine is not None:
+        if registry.load("engines", options.engine, check_requirements=False).resolves_sources:
+            return resolve_model(options.model), options.engine
+        if not path.exists():
+            raise UserError(f"{path}: model not found")
+        return path, options.engine
+    engines = engines_by_priority()
+    raw = _accepting(path, engines)  # a format of its own: the engine that declares it, path as given
+    if raw is not None and not dict(engines)[raw].resolves_sources:
+        return path, raw
+    path = resolve_model(options.model)  # hub ids and Meta/TencentPretrain folders become HF folders
+    return path, choose_engine(path, engines=[(n, c) for n, c in engines if c.resolves_sources])
 
 
 def open_model(options: ModelOptions | str | Path) -> LoadedModel:
     """Load a model: `open_model(ModelOptions(model=..., ...))`, or a bare source with default options."""
-    from zhllama.core.checkpoint.sources import resolve_model
-
     if not isinstance(options, ModelOptions):
         options = ModelOptions(model=str(options))
     options = options.validated()
-    path = Path(options.model)
-    if options.engine is None or options.engine in BUILTIN_SOURCES_ENGINES:
-        path = resolve_model(options.model)  # hub ids and Meta/TencentPretrain folders become HF folders
-    elif not path.exists():
-        raise UserError(f"{path}: model not found")
-    cls = registry.load("engines", choose_engine(path, options.engine))
-    return cls.load(path, options)
+    path, name = _resolve(options)
+    return registry.load("engines", name).load(path, options)

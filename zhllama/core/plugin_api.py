@@ -4,7 +4,7 @@
 |-------------|-----------------------|-----------------------|-----------------------------------------------|
 | templates   | `zhllama.templates`   | `TemplatePlugin` (subclass `core.templates.Template`, which adds the shared helpers) | `segments(messages, system, add_generation_prompt)` |
 | quantizers  | `zhllama.quantizers`  | `QuantizerPlugin`     | `Options` dataclass + `quantize(model, output, options)` |
-| engines     | `zhllama.engines`     | `EnginePlugin`        | `accepts(path)`, `load(path, ModelOptions) -> LoadedModel` |
+| engines     | `zhllama.engines`     | `EnginePlugin`        | `accepts(path)`, `priority`, `resolves_sources`, `load(path, ModelOptions) -> LoadedModel` |
 | benchmarks  | `zhllama.benchmarks`  | `BenchmarkPlugin`     | `settings_class` + `check/prepare/run/table` (the generic eval command), or `typer_command()` |
 
 Every plugin class carries `name`, `description`, `requires` (importable module names, checked
@@ -74,12 +74,28 @@ class QuantizerPlugin(Plugin, ABC):
 
 
 class EnginePlugin(Plugin, ABC):
-    """Loads a model for inference (chat, serve, predict, eval)."""
+    """Loads a model for inference (chat, serve, predict, eval).
+
+    Without `--engine`, `core.engine.choose_engine` asks every registered engine (built-ins and
+    third-party alike) whether it `accepts` the model path, highest `priority` first (ties by name),
+    and takes the first that does. Built-ins: llamacpp 20 (`.gguf` files), transformers 10 (HF
+    folders), vllm 0 (the same folders as transformers, so only with `--engine vllm`). An engine that
+    opens what no built-in opens needs no priority; one that should win over a built-in for the same
+    paths declares a higher one.
+
+    `resolves_sources`: the engine reads local HF folders / `.gguf` files, so other sources (hub ids,
+    Meta and TencentPretrain folders) are turned into one by `checkpoint.sources.resolve_model` first,
+    and the folders it accepts are validated before loading. An engine that reads sources of its own
+    leaves it False and gets the path as given (it must exist).
+    """
+
+    priority: ClassVar[int] = 0
+    resolves_sources: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
     def accepts(cls, path: Path) -> bool:
-        """Whether this engine reads `path` (automatic engine choice asks every built-in in turn)."""
+        """Whether this engine reads `path` (automatic engine choice asks every engine, by `priority`)."""
 
     @classmethod
     @abstractmethod

@@ -37,6 +37,9 @@ class LlamaCppEngine(EnginePlugin):
     requires = ("llama_cpp",)
     install_hint = "pip install 'zhllama[llamacpp]'"
 
+    priority = 20  # automatic choice: `.gguf` files
+    resolves_sources = True  # hub ids, Meta/TencentPretrain folders -> HF folders first
+
     @classmethod
     def accepts(cls, path: Path) -> bool:
         return Path(path).is_file() and Path(path).suffix.lower() == ".gguf"

@@ -38,6 +38,9 @@ class TransformersEngine(EnginePlugin):
     requires = ("torch", "transformers")
     install_hint = "pip install zhllama"
 
+    priority = 10  # automatic choice: HF folders (vllm opens the same ones, at priority 0)
+    resolves_sources = True  # hub ids, Meta/TencentPretrain folders -> HF folders first
+
     @classmethod
     def accepts(cls, path: Path) -> bool:
         return Path(path).is_dir() and (Path(path) / "config.json").is_file()
