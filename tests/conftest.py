@@ -52,6 +52,24 @@ def shared_data():
 
 
 @pytest.fixture
+def wide_help(monkeypatch):
+    """Help rendered 240 columns wide and without colour, whatever the CI shell sets.
+
+    Typer's Rich console takes its width from TERMINAL_WIDTH (read once, at import) before COLUMNS,
+    and reports 80 columns on a forced terminal whose TERM is dumb (FORCE_COLOR / GITHUB_ACTIONS /
+    PY_COLORS): either cuts long flag names short in the options table.
+    """
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 240)
+    monkeypatch.setattr(typer.rich_utils, "FORCE_TERMINAL", False)
+    monkeypatch.setenv("COLUMNS", "240")
+    monkeypatch.setenv("TERM", "xterm")
+    for name in ("FORCE_COLOR", "PY_COLORS", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def run_cli(capsys):
     """Run `zhllama ARGS...` in-process; returns (exit_code, stdout, stderr)."""
     from zhllama.cli.app import run

@@ -75,7 +75,7 @@ def test_building_the_eval_commands_leaves_torch_out():
     assert {"ceval", "cmmlu", "longbench", "ppl"} <= set(out[:-1]) and out[-1] == "False"
 
 
-def test_a_settings_plugin_gets_the_generic_eval_command(monkeypatch):
+def test_a_settings_plugin_gets_the_generic_eval_command(monkeypatch, wide_help):
     """A plugin that declares `settings_class` (here an `Exam` subclass) is given `zhllama eval NAME`
     by the builder: its settings' flags, the model flags, --data-dir and --output; no CLI import in it."""
     from zhllama.cli.commands.eval import benchmark_command
@@ -101,7 +101,10 @@ def test_a_settings_plugin_gets_the_generic_eval_command(monkeypatch):
     app = typer.Typer()
     app.command("myexam")(command)
     app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, ["myexam", "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["myexam", "--help"],
+    )
     assert result.exit_code == 0
     for flag in ("--model", "--shots", "--prompt-style", "--mode", "--plot", "--data-dir", "--output"):
         assert flag in result.output
@@ -111,7 +114,7 @@ def test_a_settings_plugin_gets_the_generic_eval_command(monkeypatch):
     "name, flags",
     [("ceval", ("--shots", "--prompt-style")), ("cmmlu", ("--shots", "--mode")), ("longbench", ("--tasks", "--e"))],
 )
-def test_builtin_benchmarks_get_their_generic_command(name, flags):
+def test_builtin_benchmarks_get_their_generic_command(name, flags, wide_help):
     """Never the 'unusable plugin' fallback: each built-in command has its settings' flags."""
     from zhllama.cli.commands.eval import benchmark_command
 
@@ -120,7 +123,10 @@ def test_builtin_benchmarks_get_their_generic_command(name, flags):
     app = typer.Typer()
     app.command(name)(command)
     app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        [name, "--help"],
+    )
     assert result.exit_code == 0
     for flag in (*flags, "--model", "--data-dir", "--output"):
         assert flag in result.output

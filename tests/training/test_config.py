@@ -55,11 +55,9 @@ def test_flags_are_generated_from_the_schema(name):
 
 
 @pytest.mark.parametrize("name", ["rm", "dpo", "ppo"])
-def test_alignment_help_offers_only_what_the_task_accepts(name, run_cli, monkeypatch):
+def test_alignment_help_offers_only_what_the_task_accepts(name, run_cli, wide_help):
     """rm / dpo / ppo leave out the long-context and streaming groups: their flags are not offered."""
     from zhllama.core.training.options import LongContextOptions, StreamingOptions
-
-    monkeypatch.setenv("COLUMNS", "240")  # no flag name cut short
 
     code, out, err = run_cli(name, "--help")
     assert code == 0, err
