@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,12 +53,59 @@ def _bot_texts(page) -> list[str]:
     return [m.inner_text().strip() for m in page.locator("#chatbot .message.bot").all()]
 
 
-def test_type_stream_stop_clear(ui, tmp_path):
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+# the chatbot's status tracker: a visible 'minimal' overlay while its event runs; hidden when the event
+# finished, a 'full' panel when it was cancelled (gradio 6.31). Either way no more output arrives.
+CHATBOT_RUNNING = (
+    "() => { const t = document.querySelector('#chatbot [data-testid=status-tracker]'); "
+    "return !!t && t.classList.contains('minimal') && !t.classList.contains('hide'); }"
+)
+CHATBOT_IDLE = f"() => !({CHATBOT_RUNNING})()"
+LAST_BOT_TEXT = (
+    "() => { const m = document.querySelectorAll('#chatbot .message.bot'); "
+    "return m.length ? m[m.length - 1].innerText.replace(/\\s/g, '') : null; }"
+)
+
+
+class WatchedReply:
+    """A `Reply` whose iteration the test can see: the text handed to the page and when it stopped."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.text = ""
+        self.closed = threading.Event()
+
+    def __iter__(self):
+        try:
+            for chunk in self.reply:
+                self.text += chunk
+                yield chunk
+        finally:
+            self.closed.set()  # finished, or closed when the page's Stop cancelled the event
+
+    def __getattr__(self, name):
+        return getattr(self.reply, name)
+
+
+def test_type_stream_stop_clear(ui, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api")
+    from PIL import Image
+
     from zhllama.core.templates import Message
 
     runtime, defaults, url = ui
     expected = runtime.reply(runtime.prompt_ids([Message("user", "你好")]), defaults.params()).run()
+    replies: list[WatchedReply] = []
+    reply = runtime.reply
+
+    def watched(*args, **kwargs):
+        replies.append(WatchedReply(reply(*args, **kwargs)))
+        return replies[-1]
+
+    monkeypatch.setattr(runtime, "reply", watched)
     shots = Path(os.environ.get("ZHLLAMA_SCREENSHOT_DIR", tmp_path))
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
@@ -67,13 +114,12 @@ def test_type_stream_stop_clear(ui, tmp_path):
         box = page.locator("#question textarea")
         box.fill("你好")
         box.press("Enter")
-        page.wait_for_function("() => document.querySelectorAll('#chatbot .message.bot').length == 1", timeout=60_000)
-        want = "".join(expected.split()) + "(stoppedatmaxnewtokens)"  # 24 tokens: the length note shows
-        deadline = time.monotonic() + 60
-        while "".join(_bot_texts(page)[-1].split()) != want and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "".join(_bot_texts(page)[-1].split()) == want
+        want = _squeezed(expected) + "(stoppedatmaxnewtokens)"  # 24 tokens: the length note shows
+        page.wait_for_function(f"w => ({LAST_BOT_TEXT})() == w", arg=want, timeout=60_000)
+        page.wait_for_function(CHATBOT_IDLE, timeout=60_000)
+        assert [_squeezed(t) for t in _bot_texts(page)] == [want]
         assert page.locator("#chatbot .message.user").first.inner_text().strip() == "你好"
+        assert replies[0].closed.is_set() and replies[0].text == expected
         page.screenshot(path=str(shots / "webui-answer.png"), full_page=True)
 
         # second turn with a long limit: it streams, Stop ends it
@@ -93,21 +139,23 @@ def test_type_stream_stop_clear(ui, tmp_path):
             "return m.length == 2 && m[1].innerText.trim().length > 5; }",
             timeout=60_000,
         )
-        lengths = []
-        for _ in range(3):
-            lengths.append(len(_bot_texts(page)[-1]))
-            time.sleep(0.3)
+        seen = len(_squeezed(_bot_texts(page)[-1]))
+        # streaming: the same answer grows on the page while it is generated
+        page.wait_for_function(f"n => ({LAST_BOT_TEXT})().length > n", arg=seen, timeout=60_000)
+        assert page.evaluate(CHATBOT_RUNNING)  # the signal waited for below shows while the answer runs
         page.locator("#stop").click(timeout=20_000)
-        time.sleep(1.0)
+        assert replies[1].closed.wait(60), "the answer was still generated after Stop"
+        page.wait_for_function(CHATBOT_IDLE, timeout=60_000)  # the event is over: nothing more arrives
         stopped = _bot_texts(page)[-1]
-        time.sleep(1.5)
-        assert _bot_texts(page)[-1] == stopped  # nothing more arrives after Stop
-        assert len(set(lengths)) > 1  # the answer grew while we watched (streaming)
-        assert 0 < len(stopped) and "stopped at max new tokens" not in stopped
+        assert len(replies) == 2 and len(replies[1].token_ids) < 3000  # cut short, not run to the limit
+        assert len(_squeezed(stopped)) > seen and "stopped at max new tokens" not in stopped
+        assert _squeezed(replies[1].text).startswith(_squeezed(stopped))  # what was generated, no more
         page.screenshot(path=str(shots / "webui-stopped.png"), full_page=True)
 
         page.locator("#clear").click(timeout=20_000)
         page.wait_for_function("() => document.querySelectorAll('#chatbot .message').length == 0", timeout=30_000)
         page.screenshot(path=str(shots / "webui-cleared.png"), full_page=True)
         browser.close()
-    assert (shots / "webui-answer.png").stat().st_size > 10_000
+    for name in ("webui-answer.png", "webui-stopped.png", "webui-cleared.png"):
+        with Image.open(shots / name) as shot:
+            assert shot.format == "PNG" and shot.width == 1100 and shot.height >= 900
