@@ -137,6 +137,26 @@ def test_compare_bad_input(tmp_path, tiny_zh_model, run_cli, extra, message):
     assert not out.exists()
 
 
+def test_compare_imatrix_of_another_model_is_refused(tmp_path, tiny_zh_model, run_cli):
+    """An imatrix (llama.cpp's legacy .dat layout) naming a layer the 2-layer model lacks: one line, nothing written."""
+    import struct
+
+    name = b"blk.7.ffn_down.weight"
+    matrix = tmp_path / "other.dat"
+    entry = struct.pack("<i", len(name)) + name + struct.pack("<ii", 1, 64) + np.ones(64, "<f4").tobytes()
+    matrix.write_bytes(struct.pack("<i", 1) + entry + struct.pack("<ii", 1, 4) + b"x.tx")
+    data = tmp_path / "zh.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "cmp"
+    code, _, err = run_cli(
+        "quantize", "compare", "--model", tiny_zh_model, "--types", "Q4_K_M+imatrix", "--imatrix", matrix,
+        "--data", data, "-o", out,
+    )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "other.dat: entry 'blk.7.ffn_down.weight' is not a tensor" in err and "another model" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.dat", "zh.txt"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not llamacpp_tools.available(), reason="llama.cpp's tools are not built")
 def test_imatrix_lowers_kl_divergence_on_smollm2(tmp_path, smollm2_folder_real, run_cli):
