@@ -67,49 +67,35 @@ def plain_trainer_peft(model_dir: Path, text: Path, out: Path) -> float:
     return STEPS * BATCH * BLOCK / (time.perf_counter() - start)
 
 
+def _settings(model_dir: Path, data: Path, out: Path, learning_rate: float) -> dict:
+    """What both zhllama runs share (the baseline's LoRA, steps and batch)."""
+    return dict(
+        model=model_dir,
+        data=[data],
+        output=out,
+        lora_rank=8,
+        lora_alpha=16,
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        learning_rate=learning_rate,
+        save_steps=10_000,
+        cache_dir=out.parent / "cache",
+        seed=1,
+    )
+
+
 def zhllama_pretrain(model_dir: Path, text: Path, out: Path) -> float:
     from zhllama.core.training import PretrainConfig, pretrain
 
-    summary = pretrain(
-        PretrainConfig(
-            model=model_dir,
-            data=[text],
-            output=out,
-            lora_rank=8,
-            lora_alpha=16,
-            max_steps=STEPS,
-            per_device_train_batch_size=BATCH,
-            learning_rate=1e-3,
-            save_steps=10_000,
-            cache_dir=out.parent / "cache",
-            seed=1,
-            block_size=BLOCK,
-        )
-    )
+    summary = pretrain(PretrainConfig(**_settings(model_dir, text, out, 1e-3), block_size=BLOCK))
     return summary["tokens"] / summary["seconds"]
 
 
 def sft_tokens_per_second(model_dir: Path, data: Path, out: Path, packing: bool) -> float:
     from zhllama.core.training import SftConfig, sft
 
-    summary = sft(
-        SftConfig(
-            model=model_dir,
-            data=[data],
-            output=out,
-            lora_rank=8,
-            lora_alpha=16,
-            max_steps=STEPS,
-            per_device_train_batch_size=BATCH,
-            learning_rate=1e-4,
-            save_steps=10_000,
-            cache_dir=out.parent / "cache",
-            seed=1,
-            template="llama2-zh",
-            max_seq_length=512,
-            packing=packing,
-        )
-    )
+    settings = _settings(model_dir, data, out, 1e-4)
+    summary = sft(SftConfig(**settings, template="llama2-zh", max_seq_length=512, packing=packing))
     return summary["tokens"] / summary["seconds"]  # tokens = non-pad tokens fed to the model
 
 
