@@ -123,7 +123,7 @@ def _index_missing_shard(model):
 
 def _malformed_config(model):
     (model / "config.json").write_text('{"hidden_size": 64,')
-    return model / "config.json", "malformed config.json"
+    return model / "config.json", "config.json: not valid JSON (line 1, column 20: Expecting property name"
 
 
 MODEL_CASES = {"index_missing_shard": _index_missing_shard, "malformed_config": _malformed_config}
@@ -350,7 +350,7 @@ def test_checkpoint_dir_validation(tmp_path, adapter):
     torch.save({"python": 1, "torch": torch.get_rng_state()}, ckpt / "rng_state.pth")
     assert validate.validate_checkpoint_dir(ckpt) == ckpt
     (ckpt / "trainer_state.json").write_text('{"global_step": ')
-    with pytest.raises(UserError, match=r"trainer_state\.json: malformed trainer state"):
+    with pytest.raises(UserError, match=r"trainer_state\.json: not valid JSON \(line 1, column 17: Expecting value\)$"):
         validate.validate_checkpoint_dir(ckpt)
     (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
     evil_pickle(ckpt / "optimizer.pt", tmp_path / "pwned")

@@ -611,7 +611,7 @@ CASES: list[Case] = [
             "-o",
             w.out,
         ],
-        r"badcfg/config\.json: malformed",
+        r"badcfg/config\.json: not valid JSON \(line 1, column 2: Expecting property name",
     ),
     Case(
         "merge-base-without-config",

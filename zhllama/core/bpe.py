@@ -41,7 +41,7 @@ from functools import cached_property
 from pathlib import Path
 
 from zhllama.core.errors import UserError
-from zhllama.core.paths import check_output, iter_text_lines
+from zhllama.core.paths import check_output, iter_text_lines, read_json
 
 RECORD_KEY = "zhllama"  # tokenizer_config.json key of the merge record
 PAD_TOKEN = "<|zh_reserved_{}|>"
@@ -83,18 +83,6 @@ def is_ascii_token(token: str) -> bool:
 
 
 # ---- reading tokenizer.json files ---------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a tokenizer.json (expected a JSON object)")
-    return data
-
-
 def _mentions(component, kind: str) -> bool:
     """Whether a pre-tokenizer/decoder JSON (possibly a Sequence) contains a component of `kind`."""
     if isinstance(component, dict):
@@ -126,7 +114,7 @@ class ByteBpe:
     @classmethod
     def load(cls, path: str | Path, role: str = "tokenizer") -> ByteBpe:
         file = tokenizer_json_file(path)
-        data = _read_json(file)
+        data = read_json(file)
         model = data.get("model")
         if not isinstance(model, dict):
             raise UserError(f"{file}: no 'model' object; not a tokenizer.json")
@@ -384,7 +372,7 @@ def llama_cpp_pre_of(base: ByteBpe) -> str | None:
 
     folder = base.folder
     if folder is not None and (folder / "tokenizer_config.json").is_file():
-        recorded = (_read_json(folder / "tokenizer_config.json").get(RECORD_KEY) or {}).get("llama_cpp_pre")
+        recorded = (read_json(folder / "tokenizer_config.json").get(RECORD_KEY) or {}).get("llama_cpp_pre")
         if recorded:  # a base that is itself a merge result
             return recorded
         from transformers import AutoTokenizer
@@ -445,7 +433,7 @@ def merge(
     configs = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         if folder is not None and (folder / name).is_file():
-            configs[name] = _read_json(folder / name)
+            configs[name] = read_json(folder / name)
     kinds = [check_addition(Path(a)) for a in additions]
     base_bpe.backend  # noqa: B018 - the library must read the base before anything is written
     merger = Merger(base_bpe)

@@ -28,11 +28,10 @@ from zhllama.core.checkpoint.shards import (
     parse_size,
     plan_shards,
     read_config,
-    read_json,
     write_hf_shards,
 )
 from zhllama.core.errors import UserError
-from zhllama.core.paths import sha256_file
+from zhllama.core.paths import read_json, sha256_file
 
 PREFIX = "base_model.model."
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -82,7 +81,7 @@ def load_adapter(path: str | Path) -> Adapter:
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
-    config = read_json(cfg_file, "adapter config")
+    config = read_json(cfg_file)
     if config.get("peft_type") != "LORA":
         raise UserError(f"{cfg_file}: peft_type {config.get('peft_type')!r} is not LORA")
     if config.get("use_dora"):

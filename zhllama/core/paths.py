@@ -7,12 +7,18 @@
   which must not be an existing file either.
 - `read_text_file(path)` / `iter_text_lines(path)`: UTF-8 text inputs whose decoding errors are
   user errors naming the file and the byte offset, instead of a bare `UnicodeDecodeError`.
+- `read_json(path, expect=dict)`: the one reader of a JSON file (configs, indexes, tokenizer files,
+  benchmark tables), one wording for every failure: `PATH: no such file`, `PATH: not UTF-8 text
+  (byte N: reason)`, `PATH: not valid JSON (line L, column C: msg)`, `PATH: expected a JSON object,
+  got an array`; `parse_json_line(line, where)`: one line of a JSON-lines file, the same wording
+  after `PATH:N` (`PATH:N: not valid JSON (column C: msg)`).
 - `sha256_file(path)`: a file's sha256, read in 1 MiB chunks (manifests, cache keys).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -96,7 +102,10 @@ def _check_text_file(path: PathLike) -> Path:
 def read_text_file(path: PathLike) -> str:
     """The whole file as text; a missing file or non-UTF-8 bytes are a UserError naming the file."""
     p = _check_text_file(path)
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as exc:  # permission denied, a folder in a race, an I/O error
+        raise UserError(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -115,3 +124,42 @@ def iter_text_lines(path: PathLike) -> Iterator[str]:
                 raise _decode_error(p, offset, exc) from None
             offset += len(raw)
             yield line.rstrip("\r\n")
+
+
+_JSON_KINDS = {dict: "a JSON object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _json_kind(kind: type) -> str:
+    return _JSON_KINDS.get(kind, "a number")
+
+
+def _check_kind(where: object, data, expect: type | None):
+    if expect is not None and not isinstance(data, expect):
+        raise UserError(f"{where}: expected {_json_kind(expect)}, got {_json_kind(type(data))}")
+    return data
+
+
+def parse_json_line(line: str, where: str, expect: type | None = dict):
+    """One line of a JSON-lines file; `where` is `PATH:N`, named by every error."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON (column {exc.colno}: {exc.msg})") from None
+    return _check_kind(where, data, expect)
+
+
+def read_json(path: PathLike, expect: type | None = dict, optional: bool = False):
+    """A JSON file's value; any failure is a one-line UserError naming the file (one wording for all).
+
+    `expect`: the type the top-level value must have (dict: a JSON object, list: an array, None: any).
+    `optional`: a path that is not a file reads as an empty `expect()` (None when `expect` is None).
+    """
+    p = Path(path)
+    if optional and not p.is_file():
+        return expect() if expect is not None else None
+    text = read_text_file(p)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return _check_kind(p, data, expect)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from zhllama.core.checkpoint import names, rope_config
-from zhllama.core.checkpoint.shards import llama_config, load_bin, read_json, require_positive
+from zhllama.core.checkpoint.shards import llama_config, load_bin, require_positive
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 SHARDS_BY_DIM = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
 SPLIT_DIM_0 = ("wq", "wk", "wv", "w1", "w3", "output")
@@ -108,7 +109,7 @@ def shard_files(folder: Path) -> list[Path]:
 
 def read_params(folder: Path) -> dict:
     path = folder / "params.json"
-    params = require_positive(path, read_json(path, "params.json"), PARAMS_REQUIRED)
+    params = require_positive(path, read_json(path), PARAMS_REQUIRED)
     heads = params["n_heads"]
     kv = params.get("n_kv_heads") or heads
     if params["dim"] % heads or heads % kv:

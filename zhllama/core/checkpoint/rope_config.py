@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 DEFAULT_THETA = 10000.0
 OVERRIDES_FILE = "zhllama_overrides.json"
@@ -61,12 +62,8 @@ def describe(config: dict) -> str:
 # ---- adapter / folder overrides ------------------------------------------------------------------
 def read_overrides(folder: Path) -> dict:
     """The `config` part of FOLDER/zhllama_overrides.json ({} when absent); checked."""
-    from zhllama.core.checkpoint.shards import read_json
-
     path = folder / OVERRIDES_FILE
-    if not path.is_file():
-        return {}
-    data = read_json(path, "overrides file")
+    data = read_json(path, optional=True)
     config = data.get("config", {})
     if not isinstance(config, dict):
         raise UserError(f"{path}: 'config' must be an object")

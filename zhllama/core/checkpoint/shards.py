@@ -17,24 +17,10 @@ import torch
 
 from zhllama.core.checkpoint import safetensors_io, validate
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLES = ("model.safetensors", "pytorch_model.bin")
-
-
-def read_json(path: Path, what: str = "JSON") -> dict:
-    """A JSON object from `path`, or a one-line UserError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed {what} ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: malformed {what} (expected a JSON object)")
-    return data
 
 
 def read_config(folder: Path) -> dict:
@@ -42,9 +28,7 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise UserError(f"{folder}: not a model folder (no config.json)")
-    return require_positive(
-        path, read_json(path, "config.json"), ("hidden_size", "num_attention_heads", "num_hidden_layers")
-    )
+    return require_positive(path, read_json(path), ("hidden_size", "num_attention_heads", "num_hidden_layers"))
 
 
 def require_positive(path: Path, data: dict, keys: tuple[str, ...]) -> dict:

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from zhllama.core.checkpoint import names, rope_config
-from zhllama.core.checkpoint.shards import llama_config, load_bin, read_json, require_positive
+from zhllama.core.checkpoint.shards import llama_config, load_bin, require_positive
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 WEIGHTS = "model.bin"
 REQUIRED = ("emb_size", "feedforward_size", "heads_num", "layers_num")
@@ -82,7 +83,7 @@ def read_config(folder: Path) -> dict:
         raise UserError(
             f"{path}: not a TencentPretrain llama config (no emb_size / layers_num); an HF folder? use --from hf"
         )
-    config = require_positive(path, read_json(path, "TencentPretrain config"), REQUIRED)
+    config = require_positive(path, read_json(path), REQUIRED)
     if config["emb_size"] % config["heads_num"]:
         raise UserError(f"{path}: emb_size {config['emb_size']} is not a multiple of heads_num")
     return config

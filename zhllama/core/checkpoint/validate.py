@@ -19,7 +19,6 @@ Every failure is a `UserError` (exit 2) naming the file at fault.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import os
@@ -30,6 +29,7 @@ import zipfile
 from pathlib import Path
 
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -88,21 +88,6 @@ def _entry(index: Path, folder: Path, tensor: str, name: object, root: Path) -> 
     if not path.is_file():
         raise UserError(f"{index}: names shard '{name}', which does not exist")
     return path
-
-
-# ---- JSON ---------------------------------------------------------------------------------------
-def _json_object(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed {what} ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: malformed {what} (expected a JSON object)")
-    return data
 
 
 # ---- pickles ------------------------------------------------------------------------------------
@@ -172,7 +157,7 @@ def _check_weights(path: Path) -> set[str]:
 def _index_map(index: Path, folder: Path, root: Path | None = None) -> dict[Path, list[str]]:
     """shard -> its tensors, from an index whose every entry is a file inside `folder`."""
     root = root or _root_of(folder)
-    weight_map = _json_object(inside(index, folder, root=root), "index").get("weight_map")
+    weight_map = read_json(inside(index, folder, root=root)).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise UserError(f"{index}: no 'weight_map'")
     by_file: dict[Path, list[str]] = {}
@@ -213,7 +198,7 @@ def validate_model_dir(path: str | os.PathLike[str]) -> Path:
     config = folder / "config.json"
     if not config.is_file():
         raise UserError(f"{folder}: not a model folder (no config.json)")
-    _json_object(inside(config, folder, root=root), "config.json")
+    read_json(inside(config, folder, root=root))
     found = False
     for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
         index = folder / index_name
@@ -239,7 +224,7 @@ def validate_adapter_dir(path: str | os.PathLike[str]) -> Path:
     config = folder / "adapter_config.json"
     if not config.is_file():
         raise UserError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
-    _json_object(inside(config, folder, root=root), "adapter config")
+    read_json(inside(config, folder, root=root))
     weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
     if not weights:
         raise UserError(f"{folder}: no adapter_model.safetensors or adapter_model.bin")
@@ -259,7 +244,7 @@ def validate_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
     state = folder / "trainer_state.json"
     if not state.is_file():
         raise UserError(f"{folder}: not a training checkpoint (no trainer_state.json)")
-    data = _json_object(inside(state, folder), "trainer state")
+    data = read_json(inside(state, folder))
     if not isinstance(data.get("global_step"), int) or isinstance(data.get("global_step"), bool):
         raise UserError(f"{state}: 'global_step' missing or not an integer")
     if (folder / "adapter_config.json").is_file():

@@ -23,6 +23,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -35,12 +36,6 @@ def looks_special(token: str) -> bool:
         or (token.startswith("<｜") and token.endswith("｜>"))
         or (token.startswith("<unused") and token.endswith(">"))
     )
-
-
-def _json(path: Path) -> dict:
-    from zhllama.core.checkpoint.shards import read_json
-
-    return read_json(path) if path.is_file() else {}
 
 
 def sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
@@ -63,12 +58,12 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int) -> tuple[list[bytes], 
         scores[i] = float(piece.score)
         types[i] = kinds.get(int(piece.type), NORMAL)
     added = model_dir / "added_tokens.json"
-    for text, idx in _json(added).items():
+    for text, idx in read_json(added, optional=True).items():
         if not isinstance(idx, int) or idx < 0:
             raise UserError(f"{added}: id of '{text}' is not a non-negative integer")
         if idx < vocab_size:
             tokens[idx], scores[idx], types[idx] = text.encode("utf-8"), -1000.0, USER_DEFINED
-    decoder = _json(model_dir / "tokenizer_config.json").get("added_tokens_decoder", {})
+    decoder = read_json(model_dir / "tokenizer_config.json", optional=True).get("added_tokens_decoder", {})
     for key, data in decoder.items():
         idx, text = int(key), data["content"]
         if idx >= vocab_size:
@@ -107,7 +102,7 @@ def merged_base_pre(model_dir: Path) -> str | None:
     from zhllama.core.bpe import RECORD_KEY
     from zhllama.core.quantize.llama_cpp_pre import PRE_TOKENIZERS
 
-    record = _json(model_dir / "tokenizer_config.json").get(RECORD_KEY)
+    record = read_json(model_dir / "tokenizer_config.json", optional=True).get(RECORD_KEY)
     name = record.get("llama_cpp_pre") if isinstance(record, dict) else None
     if name is None:
         return None
@@ -122,7 +117,7 @@ def byte_level_vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[
     """llama.cpp's `get_vocab_base`: tokens, types and pre-tokenizer of a tokenizer.json folder."""
     from transformers import AutoTokenizer
 
-    data = _json(model_dir / "tokenizer.json")
+    data = read_json(model_dir / "tokenizer.json", optional=True)
     if data.get("model", {}).get("type") != "BPE":
         raise UserError(
             f"{model_dir / 'tokenizer.json'}: only byte-level BPE or SentencePiece vocabularies can be written to GGUF"
@@ -176,10 +171,10 @@ def special_vocab(model_dir: Path, n_vocab: int | None, load_merges: bool):
         special = gguf.SpecialVocab(model_dir, load_merges=load_merges, n_vocab=n_vocab)
     finally:
         log.setLevel(level)
-    post = _json(model_dir / "tokenizer.json").get("post_processor") or {}
+    post = read_json(model_dir / "tokenizer.json", optional=True).get("post_processor") or {}
     processors = post.get("processors", [post]) if post else []
     if any(p.get("type") == "ByteLevel" for p in processors):
-        config = _json(model_dir / "tokenizer_config.json")
+        config = read_json(model_dir / "tokenizer_config.json", optional=True)
         for typ in ("bos", "eos"):
             if not isinstance(config.get(f"add_{typ}_token"), bool):
                 special.add_special_token.setdefault(typ, False)
@@ -188,7 +183,7 @@ def special_vocab(model_dir: Path, n_vocab: int | None, load_merges: bool):
 
 def write_vocab(writer, model_dir: Path, vocab_size: int) -> str:
     """Add the vocabulary keys to `writer`; returns the tokenizer kind ('llama' or 'gpt2')."""
-    config = _json(model_dir / "tokenizer_config.json")
+    config = read_json(model_dir / "tokenizer_config.json", optional=True)
     if (model_dir / "tokenizer.model").is_file():
         if isinstance(config.get("add_prefix_space"), bool):
             writer.add_add_space_prefix(config["add_prefix_space"])
@@ -218,6 +213,6 @@ def write_vocab(writer, model_dir: Path, vocab_size: int) -> str:
 def check_tokenizer_files(model_dir: Path) -> None:
     """Parse the tokenizer files a GGUF will be built from, before anything is written."""
     for name in ("tokenizer_config.json", "added_tokens.json", "tokenizer.json", "special_tokens_map.json"):
-        _json(model_dir / name)
+        read_json(model_dir / name, optional=True)
     if not any((model_dir / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
         raise UserError(f"{model_dir}: no tokenizer.model or tokenizer.json to write the GGUF vocabulary from")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from zhllama.core import console
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 
 FINAL_FILES_LAST = "train_summary.json"
 PROGRESS_FILE = "zhllama_progress.json"  # in each checkpoint: task, tokens and seconds so far (for --resume)
@@ -140,15 +141,10 @@ def check_checkpoint(ckpt: Path, cfg, kind: str) -> None:
 
     with safe_globals():  # the numpy RNG state the Trainer itself allows in rng_state.pth
         validate_checkpoint_dir(ckpt)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state = read_json(ckpt / "trainer_state.json")  # validated above: a JSON object
     if not isinstance(state, dict) or state.get("global_step") != _step(ckpt):
         raise UserError(f"{ckpt / 'trainer_state.json'}: global_step does not match the folder name")
-    try:
-        progress = json.loads((ckpt / PROGRESS_FILE).read_text())
-    except OSError:
-        progress = {}  # written by a version before the task was recorded
-    except ValueError:
-        raise UserError(f"{ckpt / PROGRESS_FILE}: not valid JSON") from None
+    progress = read_json(ckpt / PROGRESS_FILE, expect=None, optional=True)  # absent: before tasks were recorded
     written_by = progress.get("kind") if isinstance(progress, dict) else None
     if written_by is not None and written_by != kind:
         raise UserError(f"{ckpt}: a checkpoint of `zhllama {written_by}`, not of `zhllama {kind}`")
@@ -159,7 +155,7 @@ def check_checkpoint(ckpt: Path, cfg, kind: str) -> None:
         return
     if not adapter.is_file():
         raise UserError(f"{ckpt}: no adapter_config.json (a --full checkpoint?); this run trains LoRA")
-    saved = json.loads(adapter.read_text())
+    saved = read_json(adapter)
     expected = _expected_lora(cfg)
     for key, want in expected.items():
         got = saved.get(key)
@@ -171,7 +167,7 @@ def check_checkpoint(ckpt: Path, cfg, kind: str) -> None:
 
 def _expected_lora(cfg) -> dict:
     if cfg.adapter is not None:
-        base = json.loads((cfg.adapter / "adapter_config.json").read_text())
+        base = read_json(cfg.adapter / "adapter_config.json")
         targets = base.get("target_modules")
         return {"r": base.get("r"), "target_modules": sorted(targets) if isinstance(targets, list) else targets}
     return {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.targets())}

@@ -8,13 +8,13 @@ so no plugin imports the CLI.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
 from zhllama.core.evaluation import mcq
 from zhllama.core.evaluation.runner import McqSettings
+from zhllama.core.paths import read_json
 from zhllama.core.plugin_api import BenchmarkPlugin
 from zhllama.plugins.benchmarks.prompt_styles import Cla2Style, PromptStyle
 
@@ -108,9 +108,8 @@ class Exam(BenchmarkPlugin):
 
 def read_mapping(local: Path, shipped: str, convert) -> dict[str, tuple[str, str]]:
     path = local if local.is_file() else data_path("benchmarks", shipped)
+    data = read_json(path)
     try:
-        return convert(json.loads(path.read_text(encoding="utf-8")))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return convert(data)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UserError(f"{path}: not a valid subject mapping ({exc})") from exc

@@ -7,12 +7,12 @@ which is how the English tasks are run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
 from zhllama.core.evaluation.longbench import LongBenchSettings
+from zhllama.core.paths import parse_json_line, read_json, read_text_file
 from zhllama.core.plugin_api import BenchmarkPlugin
 
 FIELDS = ("input", "context", "answers")
@@ -25,15 +25,6 @@ CATEGORIES = {  # the LongBench paper's task groups
     "code": ("lcc", "repobench-p"),
 }
 CATEGORY_OF = {task: category for category, tasks in CATEGORIES.items() for task in tasks}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from exc
 
 
 class LongBench(BenchmarkPlugin):
@@ -84,7 +75,7 @@ class LongBench(BenchmarkPlugin):
 
     def tasks(self, data_dir: Path | None = None) -> dict[str, dict]:
         """task -> {prompt, max_new_tokens, category}: shipped configs, then the data folder's official ones."""
-        configs = _read_json(data_path("benchmarks", "longbench_tasks.json"))
+        configs = read_json(data_path("benchmarks", "longbench_tasks.json"))
         if data_dir is None:
             return configs
         prompts_file, maxlen_file = Path(data_dir) / "dataset2prompt.json", Path(data_dir) / "dataset2maxlen.json"
@@ -92,7 +83,7 @@ class LongBench(BenchmarkPlugin):
             missing = maxlen_file if prompts_file.is_file() else prompts_file
             raise UserError(f"{missing}: missing (the official configs come as a pair)")
         if prompts_file.is_file():
-            prompts, maxlen = _read_json(prompts_file), _read_json(maxlen_file)
+            prompts, maxlen = read_json(prompts_file), read_json(maxlen_file)
             for task, prompt in prompts.items():
                 if task not in CATEGORY_OF:
                     continue  # not a LongBench v1 task this tool has a metric for
@@ -109,20 +100,12 @@ class LongBench(BenchmarkPlugin):
         path = self.path(data_dir, task, e)
         if not path.is_file():
             raise UserError(f"{path}: no such file (LongBench data is {{task}}{'_e' if e else ''}.jsonl in --data-dir)")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        lines = read_text_file(path).splitlines()
         samples = []
         for n, line in enumerate(lines):
             if not line.strip():
                 continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {n + 1}: malformed JSON ({exc.msg})") from exc
-            if not isinstance(sample, dict):
-                raise UserError(f"{path}: line {n + 1}: not a JSON object")
+            sample = parse_json_line(line, f"{path}: line {n + 1}")
             missing = [f for f in FIELDS if f not in sample]
             if missing:
                 raise UserError(f"{path}: line {n + 1}: missing field '{missing[0]}'")

