@@ -6,7 +6,6 @@ another method (`quantize gguf --bits 4`) is a usage error rather than silently 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -35,49 +34,6 @@ app = typer.Typer(
 )
 
 
-def run_quantize(
-    method: str, model: str, output: Path, options, eval_ppl: Path | None, ppl_context: int, force: bool
-) -> None:
-    """Validate everything, write the quantized output atomically, then report (and measure PPL)."""
-    from zhllama.core.atomic import atomic_dir, atomic_path, check_output_dir
-    from zhllama.core.checkpoint.sources import resolve_model
-    from zhllama.core.paths import check_output
-    from zhllama.core.quantize.report import QuantizeReport, check_ppl_data, measure_ppl, weights_size
-
-    plugin = registry.load("quantizers", method)()
-    model = resolve_model(model, folder_only=True)  # hub ids and Meta/TencentPretrain folders too
-    inputs = [model, eval_ppl, *(v for v in getattr(options, "__dict__", {}).values() if isinstance(v, Path))]
-    check_output(output, inputs)  # never an input (model, --eval-ppl, --calibration ...), inside or containing one
-    plugin.validate(model, options)
-    if eval_ppl is not None:
-        check_ppl_data(eval_ppl, ppl_context)  # before the first byte is written
-    start = time.perf_counter()
-    if plugin.output_is_file:
-        if output.is_dir():
-            raise UserError(f"{output}: is a folder; {method} writes a single file")
-        with atomic_path(output, force=force) as tmp:
-            plugin.quantize(model, tmp, options)
-        report_path = output.with_name(output.name + ".quantize_report.json")
-    else:
-        check_output_dir(output, force)
-        with atomic_dir(output, force=force) as tmp:
-            plugin.quantize(model, tmp, options)
-        report_path = output / "quantize_report.json"
-    report = QuantizeReport(
-        method,
-        str(model),
-        str(output),
-        plugin.settings(options),
-        weights_size(model),
-        weights_size(output),
-        time.perf_counter() - start,
-    )
-    if eval_ppl is not None:
-        measure_ppl(report, model, output, eval_ppl, ppl_context)  # one backend for before and after
-    report.write(report_path)
-    console.emit(report.as_dict(), console.table(f"quantize {method}", ["", "value"], report.rows()))
-
-
 def method_command(method: str, options_class: type):
     """The `zhllama quantize METHOD` command: common flags plus the plugin's own."""
 
@@ -94,7 +50,10 @@ def method_command(method: str, options_class: type):
         force: Force = False,
         options=None,
     ) -> None:
-        run_quantize(method, model, output, options, eval_ppl, ppl_context, force)
+        from zhllama.core.quantize.orchestrate import quantize
+
+        report = quantize(method, model, output, options, eval_ppl, ppl_context, force)
+        console.emit(report.as_dict(), console.table(f"quantize {method}", ["", "value"], report.rows()))
 
     return with_options(options_class, "options")(command)
 
@@ -129,33 +88,12 @@ def compare_command(
     force: Force = False,
 ) -> None:
     """Size, PPL, KL-divergence and top-1 agreement of GGUF types against the unquantized model (llama.cpp)."""
-    import shutil
-    import tempfile
-
-    from zhllama.core.atomic import atomic_dir, check_output_dir
-    from zhllama.core.checkpoint.sources import resolve_model
-    from zhllama.core.paths import check_output
     from zhllama.core.quantize import compare
+    from zhllama.core.quantize.orchestrate import compare_types
 
-    variants = compare.parse_types(types)
-    if max_tokens is not None and max_tokens < 2:
-        raise UserError(f"--max-tokens: {max_tokens} must be at least 2")
-    model_dir = resolve_model(model, folder_only=True)
-    check_output(output, [model_dir, data, imatrix, imatrix_data])
-    check_output_dir(output, force)
-    calibration = compare.check_inputs(model_dir, data, variants, base.upper(), context, imatrix, imatrix_data)
-    with atomic_dir(output, force=force) as tmp:
-        work = tmp if keep_files else Path(tempfile.mkdtemp(dir=tmp, prefix=".gguf-"))
-        try:
-            result = compare.compare(
-                model_dir, data, variants, work, base.upper(), context, max_tokens, imatrix, calibration
-            )
-        finally:
-            if not keep_files:
-                shutil.rmtree(work, ignore_errors=True)
-        if not keep_files and result.imatrix.get("file", "").startswith(str(work)):
-            result.imatrix["file"] = None  # computed in the removed work folder
-        compare.write_outputs(result, tmp)
+    result = compare_types(
+        model, types, data, output, base, context, max_tokens, imatrix, imatrix_data, keep_files, force
+    )
     summary = (
         f"{result.tokens_scored} tokens of {data} (context {context}) through {result.backend}; "
         f"KL-divergence and top-1 agreement against {result.base}; plot: {output / 'compare.png'}"
