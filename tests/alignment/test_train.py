@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -230,6 +231,9 @@ def test_qlora_dpo_rm_ppo(tmp_path, tiny_base_model, base_tokenizer, separable_p
 
     summary = rm(align_cfg(RmConfig, tiny_base_model, separable_pairs, output=tmp_path / "rm", max_steps=30, **common))
     assert summary["steps"] == 30 and summary["accuracy"] > 0.9 and summary["margin"] > 0
+    accuracy = [value for _, value in summary["curves"]["accuracy"]]  # pairwise accuracy per training step
+    assert len(accuracy) == 30 and all(0 <= a <= 1 for a in accuracy)
+    assert min(accuracy[-10:]) >= 0.75, accuracy  # ranks (nearly) every batch by the end (here: all 1.0 from step 2)
     assert "score" in json.loads((tmp_path / "rm" / "adapter_config.json").read_text())["modules_to_save"]
     # scored here (the adapter on the full-precision base), it ranks the chosen answer above the rejected one
     tok = ZhTokenizer(tmp_path / "rm")
@@ -261,9 +265,16 @@ def test_qlora_dpo_rm_ppo(tmp_path, tiny_base_model, base_tokenizer, separable_p
     )
     summary = ppo(cfg)
     rewards = [value for _, value in summary["curves"]["reward"]]
-    assert summary["steps"] == 24 and len(rewards) == 24
+    kl = [value for _, value in summary["curves"]["kl"]]
+    assert summary["steps"] == 24 and len(rewards) == len(kl) == 24
+    assert all(math.isfinite(v) for v in rewards + kl)
     early, late = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
     assert late > early + 0.5, (early, late)
+    assert (summary["first_reward"], summary["final_reward"]) == (rewards[0], rewards[-1])
+    # the first completions come from the reference policy itself (LoRA starts at zero): no KL yet;
+    # the reward is bought by moving away from it
+    assert summary["first_kl"] == kl[0] == pytest.approx(0.0, abs=1e-3)
+    assert sum(kl[-6:]) / 6 > sum(kl[:6]) / 6, kl
 
 
 @pytest.mark.slow
