@@ -1341,7 +1341,7 @@ CASES += [
             "--limit",
             1,
         ],
-        r"res/predictions\.jsonl:2: not JSON .*not a zhllama predictions log",
+        r"res/predictions\.jsonl:2: not valid JSON \(column \d+: .*not a zhllama predictions log",
     ),
     Case(
         "eval-ceval-predictions-foreign",
@@ -1364,7 +1364,7 @@ CASES += [
         "predict-output-corrupt",
         "corrupt-file",
         lambda w: ["predict", "-m", w.model, "-i", w.text, "-o", w.make("p", predict_output_corrupt, ".jsonl")],
-        r"p\.jsonl:1: not JSON .*not a zhllama predictions file",
+        r"p\.jsonl:1: not valid JSON \(column 1: Expecting value\); not a zhllama predictions file",
     ),
     Case(
         "predict-output-foreign",

@@ -44,11 +44,14 @@ def test_torn_last_line_is_dropped_reported_and_cut_at_the_next_append(tmp_path,
     [
         (
             _lines({"id": 1}) + b"{not json\n" + _lines({"id": 2}),
-            r"log\.jsonl:2: not JSON .*not a test log; use another file",
+            r"log\.jsonl:2: not valid JSON \(column 2: .*not a test log; use another file",
         ),
-        (_lines({"id": 1}, [1, 2]), r"log\.jsonl:2: not a JSON object; not a test log"),
+        (_lines({"id": 1}, [1, 2]), r"log\.jsonl:2: expected a JSON object, got an array; not a test log"),
         (_lines({"name": "a foreign file"}), r"log\.jsonl:1: no 'id'; not a test log"),
-        (b'{"id": "caf\xe9"}\n', r"log\.jsonl:1: not UTF-8 \(byte 11\); not a test log"),
+        (
+            b'{"id": "caf\xe9"}\n',
+            r"log\.jsonl:1: not UTF-8 text \(byte 11: invalid continuation byte\); not a test log",
+        ),
     ],
     ids=["corrupt-line", "not-an-object", "foreign", "non-utf8"],
 )
@@ -169,7 +172,7 @@ def test_eval_resumes_over_a_torn_last_line_and_refuses_a_corrupt_one(tmp_path, 
         and stdout == ""
         and err.splitlines()
         == [
-            f"zhllama: error: {log}:2: not JSON (Expecting value); not a zhllama predictions log; "
+            f"zhllama: error: {log}:2: not valid JSON (column 1: Expecting value); not a zhllama predictions log; "
             "choose another --output, or remove the file to start over"
         ]
     )

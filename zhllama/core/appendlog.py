@@ -22,6 +22,7 @@ from pathlib import Path
 
 from zhllama.core import atomic, console
 from zhllama.core.errors import UserError, storage_failure
+from zhllama.core.paths import parse_json_line
 
 
 class AppendLog:
@@ -99,13 +100,13 @@ class AppendLog:
     def _parse(self, number: int, raw: bytes) -> dict:
         where = f"{self.path}:{number}"
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = parse_json_line(raw.decode("utf-8"), where)  # the toolkit's one wording, then what this is
         except UnicodeDecodeError as exc:
-            raise UserError(f"{where}: not UTF-8 (byte {exc.start}); not a {self.what}; {self.hint}") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not JSON ({exc.msg}); not a {self.what}; {self.hint}") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: not a JSON object; not a {self.what}; {self.hint}")
+            raise UserError(
+                f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason}); not a {self.what}; {self.hint}"
+            ) from None
+        except UserError as exc:
+            raise UserError(f"{exc}; not a {self.what}; {self.hint}") from None
         missing = [f for f in self.fields if f not in record]
         if missing:
             raise UserError(f"{where}: no '{missing[0]}'; not a {self.what}; {self.hint}")
