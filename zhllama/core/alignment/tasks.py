@@ -166,10 +166,9 @@ class RewardModelScorer:
 
 def load_reward_model(path: Path, tokenizer, dtype):
     """A reward model from `zhllama rm`: a sequence-classification folder, or a LoRA adapter folder on its base."""
-    import json
-
     from transformers import AutoModelForSequenceClassification
 
+    from zhllama.core.paths import read_json
     from zhllama.core.tokenizer import ZhTokenizer
 
     if not path.is_dir():
@@ -188,7 +187,7 @@ def load_reward_model(path: Path, tokenizer, dtype):
         if adapter_cfg.is_file():
             from peft import PeftModel
 
-            config = json.loads(adapter_cfg.read_text())
+            config = read_json(adapter_cfg)
             if config.get("task_type") != "SEQ_CLS":
                 raise UserError(f"--reward-model: {path}: adapter task_type is {config.get('task_type')}, not SEQ_CLS")
             base = Path(config.get("base_model_name_or_path") or "")
