@@ -72,7 +72,7 @@ def test_summary_counts_plot_and_cli(tmp_path, tiny_zh_model, run_cli):
     assert summary["subjects"]["computer_network"]["total"] == 8
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["overall"] == summary["overall"]
-    assert (out / "categories.png").stat().st_size > 0
+    _check_categories_plot(out / "categories.png", summary["categories"])
     record = next(iter(predictions(out).values()))
     assert set(record) >= {"prompt_hash", "scores", "prediction", "gold", "correct"}
     # the top-level alias is the same command
@@ -82,6 +82,30 @@ def test_summary_counts_plot_and_cli(tmp_path, tiny_zh_model, run_cli):
     assert code == 0, err
     assert json.loads(stdout2)["overall"] == summary["overall"]
     assert "resuming: 24 of 24" in err
+
+
+def _check_categories_plot(path, categories: dict) -> None:
+    """The plot is a PNG of the figure's size with one bar per category with a non-zero accuracy, left to
+    right in the summary's order, each as tall as its accuracy (the y axis runs 0-100)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (round(100 * max(4, 1.2 * len(categories))), 350)  # figsize x dpi 100
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10  # not blank: axes, labels, text
+    bar = (np.abs(pixels - (0x4C, 0x72, 0xB0)).sum(axis=-1) == 0).sum(axis=0)  # bar-coloured pixels per column
+    columns = np.flatnonzero(bar)
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1) if len(columns) else []
+    accuracies = [c["accuracy"] for c in categories.values()]
+    shown = [a for a in accuracies if a > 0]
+    assert len(runs) == len(shown), (len(runs), accuracies)
+    heights = [int(bar[run].max()) for run in runs]
+    assert all(len(run) > 20 for run in runs)  # bars, not stray pixels
+    tallest = max(heights)
+    for height, accuracy in zip(heights, shown, strict=True):  # to the pixel (rounding), against the tallest
+        assert abs(height - tallest * accuracy / max(shown)) <= 2, (heights, shown)
 
 
 def test_resume_skips_done_questions(tmp_path, model):
