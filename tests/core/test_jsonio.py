@@ -62,6 +62,16 @@ def test_read_json_missing_folder_and_kinds(tmp_path):
     _raises(lambda: read_json(obj, expect=list), f"{obj}: expected an array, got a JSON object")
 
 
+def test_unreadable_file_is_a_user_error(tmp_path, monkeypatch):
+    path = _write(tmp_path / "f.json", "{}")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    _raises(lambda: read_json(path), f"{path}: cannot read (Permission denied)")
+
+
 def test_parse_json_line_wording():
     assert parse_json_line('{"a": 1}', "p.jsonl:3") == {"a": 1}
     _raises(lambda: parse_json_line('{"a": ', "p.jsonl:3"), "p.jsonl:3: not valid JSON (column 7: Expecting value)")
