@@ -5,14 +5,16 @@ the oldest turns are dropped when it outgrows the context, as in `chat`), a syst
 controls (temperature, top-p, top-k, repetition penalty, max new tokens), classifier-free guidance
 (scale + negative prompt, transformers engine), a Stop button that ends the running answer and a
 Clear button. One answer is generated at a time (the queue runs one event at a time).
+
+Stop and Clear cancel the session's `Reply` (it ends after the current token) instead of cancelling
+the gradio event: a cancelled event makes gradio 6 paint an "Error" panel over the chat.
 """
 
-from __future__ import annotations
-
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from zhllama.core.generation.options import AnswerOptions
+from zhllama.core.generation.respond import Reply
 from zhllama.core.generation.runtime import ChatRuntime
 from zhllama.core.templates import Message
 
@@ -52,6 +54,14 @@ def fit(runtime: ChatRuntime, messages: list[Message], max_new_tokens: int) -> l
     return ids[-budget:]
 
 
+@dataclass
+class Turn:
+    """The answer a browser session is generating; `cleared` when Clear ended it (nothing more shown)."""
+
+    reply: Reply
+    cleared: bool = False
+
+
 def build_ui(runtime: ChatRuntime, defaults: AnswerOptions):
     """The gradio Blocks app (not launched)."""
     import gradio as gr
@@ -83,12 +93,14 @@ def build_ui(runtime: ChatRuntime, defaults: AnswerOptions):
                 scale = gr.Slider(1.0, 5.0, value=defaults.guidance_scale or 1.0, step=0.1, label="CFG guidance scale")
                 negative = gr.Textbox(label="CFG negative prompt", value=defaults.negative_prompt or "")
 
+        running: dict[str, Turn] = {}  # session hash -> its answer in progress
+
         def add_question(text: str, history: list):
             if not text.strip():
                 return "", history
             return "", [*history, {"role": "user", "content": text}]
 
-        def answer(history, system_text, temp, p, k, rp, limit, cfg_scale, negative_text):
+        def answer(history, system_text, temp, p, k, rp, limit, cfg_scale, negative_text, request: gr.Request):
             if not history or history[-1].get("role") != "user":
                 yield history
                 return
@@ -105,27 +117,46 @@ def build_ui(runtime: ChatRuntime, defaults: AnswerOptions):
                 guidance = runtime.guidance(float(cfg_scale), negative_text.strip() or None)
             ids = fit(runtime, conversation(history, system_text), params.max_new_tokens)
             reply = runtime.reply(ids, params, guidance=guidance)
+            turn = running[request.session_hash] = Turn(reply)
             history = [*history, {"role": "assistant", "content": ""}]
             shown, last = "", 0.0
-            for chunk in reply:
-                shown += chunk
-                history[-1] = {"role": "assistant", "content": shown}
-                if time.monotonic() - last >= REFRESH_SECONDS:  # the browser redraws at most ~20 times/s
-                    last = time.monotonic()
-                    yield history
+            try:
+                for chunk in reply:
+                    shown += chunk
+                    history[-1] = {"role": "assistant", "content": shown}
+                    if time.monotonic() - last >= REFRESH_SECONDS:  # the browser redraws at most ~20 times/s
+                        last = time.monotonic()
+                        yield history
+            finally:
+                if running.get(request.session_hash) is turn:
+                    del running[request.session_hash]
+            if turn.cleared:
+                yield []
+                return
             yield history
-            if reply.finish_reason == "length":
+            if reply.finish_reason == "length" and not reply.cancelled:
                 history[-1] = {"role": "assistant", "content": shown + LENGTH_NOTE}
                 yield history
 
         controls = [chatbot, system, temperature, top_p, top_k, penalty, max_new, scale, negative]
-        on_enter = question.submit(add_question, [question, chatbot], [question, chatbot], queue=False).then(
+        question.submit(add_question, [question, chatbot], [question, chatbot], queue=False).then(
             answer, controls, chatbot
         )
-        on_click = send.click(add_question, [question, chatbot], [question, chatbot], queue=False).then(
-            answer, controls, chatbot
-        )
-        stop.click(None, None, None, cancels=[on_enter, on_click])
-        clear.click(lambda: [], None, chatbot, queue=False, cancels=[on_enter, on_click])
+        send.click(add_question, [question, chatbot], [question, chatbot], queue=False).then(answer, controls, chatbot)
+
+        def stop_answer(request: gr.Request) -> None:
+            turn = running.get(request.session_hash)
+            if turn is not None:
+                turn.reply.cancel()
+
+        def clear_chat(request: gr.Request) -> list:
+            turn = running.get(request.session_hash)
+            if turn is not None:
+                turn.cleared = True
+                turn.reply.cancel()
+            return []
+
+        stop.click(stop_answer, None, None, queue=False)
+        clear.click(clear_chat, None, chatbot, queue=False)
     demo.queue(default_concurrency_limit=1)
     return demo
