@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from zhllama.core.assets import data_path
-from zhllama.core.training import pretrain, sft
+from zhllama.core.training import SftConfig, pretrain, sft
 
 TOLERANCE = 1e-4
 PRETRAIN = {"first_loss": 7.342265, "final_loss": 7.330533, "tokens": 6 * 2 * 32}
@@ -29,7 +29,7 @@ def test_pinned_tiny_pretrain_losses(tiny_base_model, merged_tokenizer, tiny_cfg
         data_path("corpus_zh.txt"),
         tokenizer=merged_tokenizer,
         per_device_train_batch_size=2,
-        extra={"block_size": 32},
+        block_size=32,
         preprocessing_workers=1,
     )
     check(pretrain(cfg), PRETRAIN)
@@ -39,8 +39,10 @@ def test_pinned_tiny_sft_losses(tiny_zh_model, tiny_cfg):
     cfg = tiny_cfg(
         tiny_zh_model,
         data_path("instructions.json"),
+        config=SftConfig,
         per_device_train_batch_size=2,
-        extra={"template": "llama2-zh", "max_seq_length": 128},
+        template="llama2-zh",
+        max_seq_length=128,
         preprocessing_workers=1,
     )
     check(sft(cfg), SFT)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from zhllama.core.assets import data_path
 from zhllama.core.errors import UserError
-from zhllama.core.training import pretrain, sft
+from zhllama.core.training import SftConfig, pretrain, sft
 
 
 def write_records(path, records):
@@ -30,10 +30,12 @@ def test_sft_memorises_small_set(tmp_path, tiny_zh_model, tiny_cfg):
     cfg = tiny_cfg(
         tiny_zh_model,
         data,
+        config=SftConfig,
         max_steps=40,
         learning_rate=5e-3,
         per_device_train_batch_size=2,
-        extra={"template": "alpaca", "max_seq_length": 128},
+        template="alpaca",
+        max_seq_length=128,
     )
     summary = sft(cfg)
     assert summary["steps"] == 40
@@ -61,7 +63,7 @@ def test_resume_is_bit_exact(tmp_path, tiny_base_model, merged_tokenizer, tiny_c
         max_steps=6,
         save_steps=3,
         lora_dropout=0.05,
-        extra={"block_size": 32},
+        block_size=32,
         lr_scheduler_type="cosine",
         warmup_ratio=0.2,
     )
@@ -91,7 +93,7 @@ def test_adapter_reloads_with_peft_on_resized_base(tmp_path, tiny_base_model, me
     from zhllama.core.tokenizer import ZhTokenizer
     from zhllama.core.training.embeddings import padded_size
 
-    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), tokenizer=merged_tokenizer, extra={"block_size": 32})
+    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), tokenizer=merged_tokenizer, block_size=32)
     summary = pretrain(cfg)
     rows = padded_size(len(ZhTokenizer(merged_tokenizer)))
     assert summary["vocab_size"] == rows and rows % 64 == 0
@@ -123,7 +125,7 @@ def test_mean_of_pieces_init_beats_default_init(tmp_path, tiny_base_model, base_
         max_steps=80,
         learning_rate=3e-3,
         per_device_train_batch_size=4,
-        extra={"block_size": 64},
+        block_size=64,
     )
     pretrain(trained)
     tok, base_tok = ZhTokenizer(merged_tokenizer), ZhTokenizer(base_tokenizer)
@@ -331,7 +333,7 @@ def test_qlora_4bit_trains_and_saves_adapter(tmp_path, tiny_base_model, merged_t
         tokenizer=merged_tokenizer,
         qlora=4,
         max_steps=3,
-        extra={"block_size": 32},
+        block_size=32,
     )
     summary = pretrain(cfg)
     assert summary["steps"] == 3
@@ -362,7 +364,7 @@ def test_validation_perplexity_and_dataset_cache(tmp_path, tiny_base_model, merg
         tokenizer=merged_tokenizer,
         max_steps=2,
         validation_split=0.1,
-        extra={"block_size": 32},
+        block_size=32,
     )
     summary = pretrain(cfg)
     assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
@@ -374,7 +376,7 @@ def test_validation_perplexity_and_dataset_cache(tmp_path, tiny_base_model, merg
         tokenizer=merged_tokenizer,
         max_steps=2,
         validation_split=0.1,
-        extra={"block_size": 32},
+        block_size=32,
     )
     assert pretrain(again)["eval_loss"] == pytest.approx(summary["eval_loss"])
     assert "reusing cached dataset" in capsys.readouterr().err

@@ -12,7 +12,6 @@ commands compose their configs from the groups they accept (`zhllama.core.alignm
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from zhllama.core.schema import option
@@ -48,17 +47,8 @@ __all__ = [
 class TrainConfig(
     StreamingOptions, LongContextOptions, DataOptions, DistributedOptions, OptimOptions, LoraOptions, RunOptions
 ):
-    """Everything a language-model training run accepts; field names follow the CLI flags (kebab -> snake)."""
-
-    extra: dict = option(None, "", factory=dict, cli=False)  # task settings of callers that build a plain TrainConfig
-
-    def as_task(self, cls: type) -> TrainConfig:
-        """This config as `cls` (a plain TrainConfig's `extra` settings fill the task's own fields)."""
-        if isinstance(self, cls):
-            return self
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        own = {f.name for f in dataclasses.fields(cls)} - set(values)
-        return cls(**values, **{k: v for k, v in self.extra.items() if k in own})
+    """Everything a language-model training run accepts; field names follow the CLI flags (kebab -> snake).
+    A run is configured as its task's class (`PretrainConfig`, `SftConfig`), which adds the task's own fields."""
 
 
 @dataclass

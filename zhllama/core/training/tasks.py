@@ -11,7 +11,7 @@ import math
 from zhllama.core import console
 from zhllama.core.errors import UserError
 from zhllama.core.training import data
-from zhllama.core.training.config import PretrainConfig, SftConfig, TrainConfig
+from zhllama.core.training.config import PretrainConfig, SftConfig
 from zhllama.core.training.runner import Run, Task, distributed_sum, train
 
 PRETRAIN_REFUSED = {".json": "pretrain reads plain text (.txt, one document per line) or .jsonl records with 'text'"}
@@ -27,16 +27,13 @@ def split(dataset, fraction: float, seed: int):
     return parts["train"], parts["test"]
 
 
-def _as(cls, cfg: TrainConfig):
-    """`cfg` as `cls` (a plain TrainConfig with `extra` settings, as older callers build it)."""
-    return cfg.as_task(cls)
-
-
 class LanguageModelTask(Task):
     """What pretrain and sft share (one instance per run: `check` keeps the files it found): the counting Trainer, token totals over ranks, eval perplexity."""
 
     def configure(self, cfg):
-        return cfg.as_task(self.config)
+        if not isinstance(cfg, self.config):  # a plain TrainConfig lacks the task's own fields
+            raise TypeError(f"{self.kind} runs a {self.config.__name__}, got a {type(cfg).__name__}")
+        return cfg
 
     def arguments(self, run: Run):
         from zhllama.core.training.arguments import training_arguments
