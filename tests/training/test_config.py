@@ -163,7 +163,7 @@ def test_failed_run_leaves_no_output_and_leftover_empty_checkpoints_do_not_block
         self.args.output_dir and __import__("os").makedirs(self.args.output_dir, exist_ok=True)
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), extra={"block_size": 32})
+    cfg = tiny_cfg(tiny_base_model, data_path("corpus_zh.txt"), block_size=32)
     with monkeypatch.context() as m:
         m.setattr(Trainer, "train", boom)
         with pytest.raises(RuntimeError):
@@ -180,7 +180,7 @@ def test_resume_falls_back_to_newest_complete_checkpoint_and_summary_covers_run(
 ):
     from safetensors.torch import load_file
 
-    common = dict(tokenizer=merged_tokenizer, max_steps=6, save_steps=2, lora_dropout=0.0, extra={"block_size": 32})
+    common = dict(tokenizer=merged_tokenizer, max_steps=6, save_steps=2, lora_dropout=0.0, block_size=32)
     data = data_path("corpus_zh.txt")
     straight = pretrain(tiny_cfg(tiny_base_model, data, output=tmp_path / "a", **common))
     out = tmp_path / "b"
@@ -221,7 +221,7 @@ def test_rope_scaling_is_trained_and_written(tmp_path, short_model, tiny_cfg, fu
         full=full,
         rope_scaling="linear",
         rope_factor=4.0,
-        extra={"block_size": 128},  # 4x the model's 32 positions
+        block_size=128,  # 4x the model's 32 positions
     )
     summary = pretrain(cfg)
     expected = {
@@ -250,7 +250,7 @@ def test_rope_scaled_lora_carries_into_merged_config_and_gguf(tmp_path, short_mo
         max_steps=1,
         rope_scaling="linear",
         rope_factor=4.0,
-        extra={"block_size": 128},
+        block_size=128,
     )
     pretrain(cfg)
     merged = tmp_path / "merged"
@@ -284,24 +284,25 @@ def test_yarn_records_the_original_length_and_refuses_a_second_scaling(tmp_path,
 def test_streaming_pretrain_and_packed_sft_train(tmp_path, tiny_zh_model, tiny_cfg):
     from zhllama.core.training import sft
 
-    summary = pretrain(
-        tiny_cfg(tiny_zh_model, data_path("corpus_zh.txt"), streaming=True, max_steps=3, extra={"block_size": 32})
-    )
+    summary = pretrain(tiny_cfg(tiny_zh_model, data_path("corpus_zh.txt"), streaming=True, max_steps=3, block_size=32))
     assert summary["steps"] == 3 and summary["tokens"] == 3 * 32 and summary["train_examples"] is None
     cfg = tiny_cfg(
         tiny_zh_model,
         data_path("conversations.jsonl"),
         output=tmp_path / "sft",
+        config=SftConfig,
         streaming=True,
         max_steps=2,
-        extra={"packing": True, "max_seq_length": 256},
+        packing=True,
+        max_seq_length=256,
     )
     assert sft(cfg)["steps"] == 2
     assert not (tmp_path / "cache").exists()  # streaming writes no cache
 
 
-def test_old_extra_style_configs_still_work():
-    cfg = TrainConfig(model="m", output="o", data=["d"], extra={"block_size": 7})
-    from zhllama.core.training.tasks import _as
-
-    assert _as(PretrainConfig, cfg).block_size == 7
+def test_a_task_runs_its_own_config_class(tiny_base_model, tmp_path):
+    """A plain TrainConfig lacks the task's own fields (block_size ...): a programming error, said at once."""
+    cfg = TrainConfig(model=tiny_base_model, output=tmp_path / "o", data=[data_path("corpus_zh.txt")])
+    with pytest.raises(TypeError, match="pretrain runs a PretrainConfig, got a TrainConfig"):
+        pretrain(cfg)
+    assert not (tmp_path / "o").exists()
