@@ -108,6 +108,26 @@ def _check_categories_plot(path, categories: dict) -> None:
         assert abs(height - tallest * accuracy / max(shown)) <= 2, (heights, shown)
 
 
+def test_model_identity_keys_the_result_cache():
+    """`ModelOptions.identity()` is what eval's prompt hashes and summaries are keyed by (values kept)."""
+    from pathlib import Path
+
+    from zhllama.core.evaluation.results import prompt_hash
+    from zhllama.core.loading import ModelOptions
+
+    plain = ModelOptions(model="m").validated()
+    assert plain.identity() == "m||None|None"
+    adapters = ModelOptions(model="m", lora=[Path("a"), Path("b")], load="4bit", dtype="bf16").validated()
+    assert adapters.identity() == "m|a,b|4bit|bfloat16"
+    rope = ModelOptions(model="m", rope_scaling="linear", rope_factor="2").validated()
+    assert rope.identity() == "m||None|None|linear|2|None"
+    assert ModelOptions(model="m", context_length=4096).validated().identity() == "m||None|None|None|None|4096"
+    # placement flags are not part of it (as before: --dtype is, the device's default dtype is not)
+    assert ModelOptions(model="m", device="cpu", threads=2).validated().identity() == plain.identity()
+    hashes = {prompt_hash({"model": o.identity()}, [1, 2, 3]) for o in (plain, adapters, rope)}
+    assert len(hashes) == 3
+
+
 def test_resume_skips_done_questions(tmp_path, model):
     out = tmp_path / "r"
     run_mcq(CEval(), model, data_path("ceval"), out, McqSettings(subjects="computer_network", limit=3))

@@ -113,7 +113,10 @@ class ModelOptions:
             lora=[Path(p) for p in self.lora],
         )
 
-    @property
     def identity(self) -> str:
-        """What makes results of this model reproducible (used in result caches and summaries)."""
-        return f"{self.model}|{','.join(map(str, self.lora))}|{self.load}|{self.dtype}"
+        """The model's identity in result caches and summaries (eval's `predictions.jsonl` prompt
+        hashes, LongBench's summary): the source, adapters, on-load quantization and dtype, and the
+        flags that change outputs (rope scaling, context length) when given. The one place it is built."""
+        base = f"{self.model}|{','.join(map(str, self.lora))}|{self.load}|{self.dtype}"
+        extra = (self.rope_scaling, self.rope_factor, self.context_length)
+        return base + ("|" + "|".join(map(str, extra)) if any(v is not None for v in extra) else "")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from zhllama.cli.commands.eval.common import local_inputs, model_id, open_for_eval
+from zhllama.cli.commands.eval.common import local_inputs, open_for_eval
 from zhllama.cli.model_options import ModelOptions, model_options_command
 from zhllama.cli.schema import with_options
 from zhllama.core import console, registry
@@ -50,7 +50,7 @@ def build_command(plugin):
         prepared = benchmark.prepare(data_dir, settings)
         loaded = open_for_eval(model_options)
         try:
-            summary = benchmark.run(loaded, data_dir, output, settings, prepared, model_id(model_options))
+            summary = benchmark.run(loaded, data_dir, output, settings, prepared, model_options.identity())
         finally:
             loaded.close()
         console.emit(summary, benchmark.table(summary, settings))

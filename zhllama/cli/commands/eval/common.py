@@ -1,16 +1,12 @@
-"""What the eval commands share: model identity for result caches, opening a model, output checks."""
+"""What the eval commands share: opening a model, the inputs an output must stay clear of.
+
+The model identity results are cached under is `ModelOptions.identity()` (core/loading/options.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from zhllama.core.loading.options import ModelOptions
-
-
-def model_id(options: ModelOptions) -> str:
-    """Identifies the model and every flag that changes its outputs (results are cached under it)."""
-    extra = [options.rope_scaling, options.rope_factor, options.context_length]
-    return options.identity + ("|" + "|".join(map(str, extra)) if any(v is not None for v in extra) else "")
 
 
 def local_inputs(options: ModelOptions, *paths: Path) -> list[Path]:
