@@ -1,6 +1,6 @@
 """Alignment throughput, measured as ratios in one process.
 
-`zhllama dpo` (core API: template tokenization, TrainConfig -> DPOConfig, checkpoints, plots,
+`zhllama dpo` (core API: template tokenization, DpoConfig -> TRL DPOConfig, checkpoints, plots,
 summary) vs a plain TRL DPOTrainer + PEFT script on the same model, pairs and settings: training
 pairs/s ratio (goal >= 0.95x, i.e. the wrapper costs nothing per step). The plain script lets TRL
 tokenize text itself; both train LoRA with the implicit (adapter-disabled) reference.

@@ -32,6 +32,7 @@ def separable_pairs(tmp_path):
 def align_cfg(tiny_train_settings):
     def make(cls, model, data, output=None, **overrides):
         settings = {**tiny_train_settings(model, data, output), "template": "none", "max_seq_length": 64}
+        del settings["cache_dir"]  # rm/dpo/ppo tokenize in process: no tokenized-data cache to point at
         settings.update(overrides)
         return cls(**settings)
 

@@ -56,8 +56,9 @@ def test_flags_are_generated_from_the_schema(name):
 
 @pytest.mark.parametrize("name", ["rm", "dpo", "ppo"])
 def test_alignment_help_offers_only_what_the_task_accepts(name, run_cli, wide_help):
-    """rm / dpo / ppo leave out the long-context and streaming groups: their flags are not offered."""
-    from zhllama.core.training.options import LongContextOptions, StreamingOptions
+    """rm / dpo / ppo leave out the long-context and streaming groups and the tokenized-data cache (they
+    tokenize in process): those flags are not offered."""
+    from zhllama.core.training.options import DataOptions, LongContextOptions, SplitOptions, StreamingOptions
 
     code, out, err = run_cli(name, "--help")
     assert code == 0, err
@@ -65,7 +66,11 @@ def test_alignment_help_offers_only_what_the_task_accepts(name, run_cli, wide_he
     left_out = {
         f"--{f.name.replace('_', '-')}" for g in (LongContextOptions, StreamingOptions) for f in dataclasses.fields(g)
     }
-    assert offered and not offered & left_out
+    left_out |= {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(DataOptions)} - {
+        f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(SplitOptions)
+    }
+    assert {"--cache-dir", "--preprocessing-workers"} <= left_out and "--validation-split" not in left_out
+    assert offered and not offered & left_out and "--validation-split" in offered
     accepted = {opt for p in command_params(name).values() for opt in p.opts} | {"--help"}
     assert offered <= accepted  # every flag shown is one the command takes (none refused later)
     assert "--rope-scaling" in run_cli("sft", "--help")[1]

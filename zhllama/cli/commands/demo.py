@@ -55,7 +55,8 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-TRAIN_FLAGS = "--lora-rank 8 --lora-alpha 16 --learning-rate 1e-3 --logging-steps 5 --cache-dir {w}/cache"
+ALIGN_FLAGS = "--lora-rank 8 --lora-alpha 16 --learning-rate 1e-3 --logging-steps 5"
+TRAIN_FLAGS = ALIGN_FLAGS + " --cache-dir {w}/cache"  # pretrain/sft tokenize through the Arrow cache
 
 
 def stages(steps: int, sft_steps: int) -> list[Stage]:
@@ -112,7 +113,7 @@ def stages(steps: int, sft_steps: int) -> list[Stage]:
             "dpo",
             "dpo_lora",
             "dpo --model {w}/merged_model --data {data}/preference_pairs.jsonl --max-seq-length 256 "
-            f"--max-steps 10 --per-device-train-batch-size 4 {TRAIN_FLAGS} --output {{w}}/dpo_lora",
+            f"--max-steps 10 --per-device-train-batch-size 4 {ALIGN_FLAGS} --output {{w}}/dpo_lora",
         ),
         Stage(
             "quantize gguf",

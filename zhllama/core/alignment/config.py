@@ -1,9 +1,10 @@
 """Settings of `zhllama rm`, `zhllama dpo` and `zhllama ppo`, composed of the training option groups.
 
 They take the groups of `zhllama.core.training.options` that TRL's trainers honour (run, LoRA/QLoRA/
-full, optimisation, distributed, data, template) and leave out long context and streaming, so those
-flags are not offered; each class adds its own fields, and `zhllama.cli.training.build_command`
-generates the Typer flags from them.
+full, optimisation, distributed, the held-out split, template) and leave out long context, streaming
+and the tokenized-data cache (`--cache-dir`, `--preprocessing-workers`), so those flags are not
+offered; each class adds its own fields, and `zhllama.cli.training.build_command` generates the Typer
+flags from them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 from zhllama.core.schema import option
 from zhllama.core.training.options import (
-    DataOptions,
     DistributedOptions,
     LoraOptions,
     OptimOptions,
     RunOptions,
+    SplitOptions,
     TemplateOptions,
 )
 
@@ -42,8 +43,9 @@ DPO_LOSSES = (
 
 
 @dataclass
-class PreferenceConfig(TemplateOptions, DataOptions, DistributedOptions, OptimOptions, LoraOptions, RunOptions):
-    """What the three commands share: every group but long context and streaming, plus the template (as sft's)."""
+class PreferenceConfig(TemplateOptions, SplitOptions, DistributedOptions, OptimOptions, LoraOptions, RunOptions):
+    """What the three commands share: every group but long context, streaming and the tokenized-data cache
+    (pairs and prompts are tokenized in process, not through the Arrow cache), plus the template (as sft's)."""
 
     max_seq_length: int = option(512, "Longest prompt + answer in tokens; longer pairs/prompts are skipped.")
 

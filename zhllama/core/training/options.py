@@ -261,19 +261,25 @@ class LongContextOptions(OptionGroup):
 
 
 @dataclass
-class DataOptions(OptionGroup):
-    """The held-out split and the tokenized-data cache."""
+class SplitOptions(OptionGroup):
+    """The held-out split (every task; rm/dpo/ppo take only this part of the data group)."""
 
     validation_split: float = option(0.0, "Fraction held out for evaluation (perplexity).")
+
+    def checks(self):
+        return super().checks() + [("validation_split", 0 <= self.validation_split < 1, "must be in [0, 1)")]
+
+
+@dataclass
+class DataOptions(SplitOptions):
+    """The held-out split and the tokenized-data cache (the language-model tasks' data pipeline)."""
+
     cache_dir: Path | None = option(None, "Tokenized-data cache (default ~/.cache/zhllama/datasets).")
     preprocessing_workers: int | None = option(None, "Processes that tokenize (default: the number of cores).")
 
     def checks(self):
         ok = self.preprocessing_workers is None or self.preprocessing_workers >= 1
-        return super().checks() + [
-            ("validation_split", 0 <= self.validation_split < 1, "must be in [0, 1)"),
-            ("preprocessing_workers", ok, "must be >= 1"),
-        ]
+        return super().checks() + [("preprocessing_workers", ok, "must be >= 1")]
 
     def inputs(self):
         return [*super().inputs(), self.cache_dir]
