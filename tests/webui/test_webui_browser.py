@@ -57,13 +57,17 @@ def _squeezed(text: str) -> str:
     return "".join(text.split())
 
 
-# the chatbot's status tracker: a visible 'minimal' overlay while its event runs; hidden when the event
-# finished, a 'full' panel when it was cancelled (gradio 6.31). Either way no more output arrives.
+# the chatbot's status tracker (gradio 6.31): a visible 'minimal' overlay while its event runs, hidden when
+# the event is over (no more output arrives). Stop ends the answer, not the event, so a stopped answer ends
+# normally too: no 'full' panel reading "Error" (what a cancelled gradio event shows).
+TRACKER = "document.querySelector('#chatbot [data-testid=status-tracker]')"
 CHATBOT_RUNNING = (
-    "() => { const t = document.querySelector('#chatbot [data-testid=status-tracker]'); "
-    "return !!t && t.classList.contains('minimal') && !t.classList.contains('hide'); }"
+    f"() => {{ const t = {TRACKER}; return !!t && t.classList.contains('minimal') && !t.classList.contains('hide'); }}"
 )
 CHATBOT_IDLE = f"() => !({CHATBOT_RUNNING})()"
+TRACKER_HIDDEN = (
+    f"() => {{ const t = {TRACKER}; return t.classList.contains('hide') && !t.classList.contains('full'); }}"
+)
 LAST_BOT_TEXT = (
     "() => { const m = document.querySelectorAll('#chatbot .message.bot'); "
     "return m.length ? m[m.length - 1].innerText.replace(/\\s/g, '') : null; }"
@@ -147,9 +151,10 @@ def test_type_stream_stop_clear(ui, tmp_path, monkeypatch):
         assert replies[1].closed.wait(60), "the answer was still generated after Stop"
         page.wait_for_function(CHATBOT_IDLE, timeout=60_000)  # the event is over: nothing more arrives
         stopped = _bot_texts(page)[-1]
-        assert len(replies) == 2 and len(replies[1].token_ids) < 3000  # cut short, not run to the limit
+        assert len(replies) == 2 and replies[1].cancelled and len(replies[1].token_ids) < 3000  # cut short
         assert len(_squeezed(stopped)) > seen and "stopped at max new tokens" not in stopped
-        assert _squeezed(replies[1].text).startswith(_squeezed(stopped))  # what was generated, no more
+        assert _squeezed(stopped) == _squeezed(replies[1].text)  # all that was generated, no more
+        assert page.evaluate(TRACKER_HIDDEN) and "Error" not in page.locator("#chatbot").inner_text()
         page.screenshot(path=str(shots / "webui-stopped.png"), full_page=True)
 
         page.locator("#clear").click(timeout=20_000)
