@@ -254,6 +254,20 @@ def test_engines_are_asked_by_declared_priority_and_builtins_keep_their_models(
         choose_engine(tmp_path / "m.unknown")
 
 
+def test_only_engines_declaring_resolves_sources_get_resolved_models(fake_plugin_dist, tmp_path):
+    from zhllama.core.engine import open_model
+    from zhllama.core.loading import ModelOptions
+    from zhllama.plugins.engines.transformers_engine import TransformersEngine
+
+    assert TransformersEngine.resolves_sources and not registry.load("engines", "delegate").resolves_sources
+    # a hub id goes through resolve_model (offline here: the cache is asked and has nothing)
+    with pytest.raises(UserError, match="zh-org/no-such-model: no such folder, and not in the Hugging Face cache"):
+        open_model(ModelOptions(model="zh-org/no-such-model"))
+    # an engine with sources of its own gets the path as given, and it must exist
+    with pytest.raises(UserError, match="missing.delegate: model not found"):
+        open_model(ModelOptions(model=str(tmp_path / "missing.delegate"), engine="delegate"))
+
+
 def test_plugins_command_lists_fake_plugins_with_install_hint(run_with_plugin):
     code, out, err = run_with_plugin("--json", "plugins")
     assert code == 0, err
