@@ -3,7 +3,7 @@
 The fake distribution below is written the way the README's plugin-authoring section says: one
 class per kind subclassing `zhllama.core.plugin_api` (or `zhllama.core.templates.Template`), a
 quantizer `Options` dataclass whose fields become that command's flags, a benchmark bringing its
-own command, an engine implementing `accepts`/`load`.
+own command, engines declaring what they open (`accepts`, `priority`) and `load`.
 """
 
 from __future__ import annotations
