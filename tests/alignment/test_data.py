@@ -126,7 +126,7 @@ def test_system_field_alpaca_shape_and_length_limit(tmp_path, base_tokenizer):
         ('["not", "objects"]\n', "p.jsonl: record 0: not a JSON object"),
         (
             '{"prompt": "a", "chosen": "x", "rejected": "y"}\n{"prompt": "a", "chosen": ',
-            "p.jsonl: record 1: malformed JSON",
+            "p.jsonl: record 1: not valid JSON (column 27: Expecting value)",
         ),
         ('{"chosen": "x", "rejected": "y"}\n', "p.jsonl: record 0: missing 'prompt'"),
         ('{"prompt": "a", "chosen": "", "rejected": "y"}\n', "p.jsonl: record 0: 'chosen' is empty"),

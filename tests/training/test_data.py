@@ -114,7 +114,7 @@ def test_pretrain_blocks_identical_to_previous_implementation(tmp_path, tok, cor
 
 def test_workers_and_chunks_do_not_change_blocks(tmp_path, tok, corpus, monkeypatch):
     one, _ = data.pretrain_dataset(tok, corpus, 16, tmp_path / "c1", workers=1)
-    monkeypatch.setattr(data, "CHUNK_BYTES", 3000)  # many chunks per file, each mapped by 2 processes
+    monkeypatch.setattr(data.cache, "CHUNK_BYTES", 3000)  # many chunks per file, each mapped by 2 processes
     two, _ = data.pretrain_dataset(tok, corpus, 16, tmp_path / "c2", workers=2)
     assert rows(one) == rows(two)
     assert len(list((tmp_path / "c2" / "docs").glob("*/docs-*_of_00002.arrow"))) > 2  # really 2 processes
@@ -125,7 +125,7 @@ def test_adding_a_file_tokenizes_only_that_file(tmp_path, tok, corpus, monkeypat
     calls = []
     real = data.tokenize_text_file
     monkeypatch.setattr(
-        data, "tokenize_text_file", lambda path, *a, **k: calls.append(path.name) or real(path, *a, **k)
+        data.pretrain, "tokenize_text_file", lambda path, *a, **k: calls.append(path.name) or real(path, *a, **k)
     )
     data.pretrain_dataset(tok, corpus[:2], 32, cache)
     assert calls == [corpus[0].name, corpus[1].name]
@@ -285,7 +285,7 @@ def test_sft_examples_identical_to_previous_implementation(tmp_path, tok, monkey
     expected = legacy_sft_examples(tok, template, files, 96)
     got, stats = data.sft_dataset(tok, template, files, 96, None, tmp_path / "c1", workers=1)
     assert rows(got) == expected["input_ids"] and rows(got, "labels") == expected["labels"]
-    monkeypatch.setattr(data, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(data.cache, "CHUNK_BYTES", 2000)
     two, _ = data.sft_dataset(tok, template, files, 96, None, tmp_path / "c2", workers=2)
     assert rows(two) == expected["input_ids"] and rows(two, "labels") == expected["labels"]
     again, stats = data.sft_dataset(tok, template, files, 96, None, tmp_path / "c1", workers=1)
@@ -318,19 +318,27 @@ def test_json_array_read_incrementally(tmp_path, read_size):
 
 
 @pytest.mark.parametrize(
-    "content, message",
-    [
-        ("", "malformed JSON at line 1"),
-        ("[1, 2", "malformed JSON"),
-        ('[{"a": 1}\n\n {"b": 2}]', "malformed JSON at line 3"),
-        ("[1] 2", "malformed JSON"),
-        ('{"a": 1}', "expected a JSON array of records"),
-    ],
+    "content",
+    ["", "[1, 2", '[{"a": 1}\n\n {"b": 2}]', "[1] 2", "[1, 2, 3 4]", "[1,\n 22 3]", '[{"a": 1},\n {"b": 2,, "c": 3}]'],
 )
-def test_json_array_errors(tmp_path, content, message):
+@pytest.mark.parametrize("read_size", [3, 1 << 20])
+def test_json_array_errors_name_the_place_json_names(tmp_path, content, read_size):
+    """Read in 3-byte pieces or at once, the streaming parser reports the line and column that
+    `json.loads` reports for the whole text, in `paths.read_json`'s one wording."""
     f = tmp_path / "bad.json"
     f.write_text(content, encoding="utf-8")
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(json.JSONDecodeError) as reference:
+        json.loads(content)
+    e = reference.value
+    with pytest.raises(UserError) as got:
+        list(data.iter_json_array(f, read_size=read_size))
+    assert str(got.value) == f"{f}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+
+
+def test_json_array_of_something_else(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text('{"a": 1}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad\.json: expected a JSON array of records$"):
         list(data.iter_json_array(f, read_size=3))
 
 

@@ -200,9 +200,9 @@ def test_packing_matches_unpacked_per_example_losses(tiny_zh_model, merged_token
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("", "malformed JSON"),
+        ("", "bad.json: not valid JSON (line 1, column 1: Expecting value)"),
         ("[]", "no records"),
-        ('[{"instruction": "a", "input": ""', "malformed JSON"),
+        ('[{"instruction": "a", "input": ""', "bad.json: not valid JSON (line 1, column 34: Expecting ',' delimiter)"),
         ('[{"instruction": "a", "input": ""}]', "record 0: missing string field 'output'"),
         ('[{"instruction": "a", "output": "b"}, 3]', "record 1: not a JSON object"),
     ],

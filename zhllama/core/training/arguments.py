@@ -74,7 +74,7 @@ def training_arguments(cfg, has_eval: bool, streaming: bool = False):
         disable_tqdm=True,
         remove_unused_columns=False,
     )
-    if streaming:  # every rank reads its own shard of the stream (see data.py)
+    if streaming:  # every rank reads its own shard of the stream (see core/training/data)
         values["accelerator_config"] = {"dispatch_batches": False}
     values.update(cfg.trainer_overrides())
     try:
