@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from zhllama.core.checkpoint import names, rope_config
-from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, read_json, require_positive
+from zhllama.core.checkpoint.shards import iter_model, plan_shards, read_config, require_positive
 from zhllama.core.errors import UserError
+from zhllama.core.paths import read_json
 from zhllama.core.quantize.gguf_types import TYPES
 from zhllama.core.quantize.gguf_vocab import check_tokenizer_files, write_vocab
 
