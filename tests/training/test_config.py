@@ -41,7 +41,7 @@ def _alignment_configs():
 def test_flags_are_generated_from_the_schema(name):
     cls = {**COMMANDS, **_alignment_configs()}[name]
     params = command_params(name)
-    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    fields = dataclasses.fields(cls)
     assert {f.name for f in fields} == set(params)
     for f in fields:
         assert params[f.name].help == f.metadata["help"] and f.metadata["help"]

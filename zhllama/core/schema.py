@@ -4,8 +4,7 @@ A field's `metadata` carries what the CLI needs (the pattern of unsloth-cli and 
 
 - `help`: the `--help` text (required for every field shown on the command line);
 - `flags`: the flag spellings, default `--field-name`;
-- `required`: the flag must be given even though the dataclass has a default (e.g. `model`);
-- `cli`: False keeps a field off the command line (set by code, not by users).
+- `required`: the flag must be given even though the dataclass has a default (e.g. `model`).
 
 `option(default, help, ...)` builds such a field. This module imports neither Typer nor torch, so
 core code can declare option groups without pulling in the CLI.
@@ -25,10 +24,9 @@ def option(
     *flags: str,
     required: bool = False,
     factory: Callable[[], Any] | None = None,
-    cli: bool = True,
 ) -> Any:
     """A dataclass field with CLI metadata (`factory` for mutable defaults such as lists)."""
-    metadata = {"help": help, "flags": flags, "required": required, "cli": cli}
+    metadata = {"help": help, "flags": flags, "required": required}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -64,7 +62,7 @@ def field_specs(cls: type, exclude: tuple[str, ...] = ()) -> list[FieldSpec]:
     specs = []
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if f.name in exclude or not f.init or not meta.get("cli", True) or "help" not in meta:
+        if f.name in exclude or not f.init or "help" not in meta:
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default

@@ -86,10 +86,6 @@ def write_pth(tensors: Iterator[tuple[str, torch.Tensor]], config: dict, out: Pa
     return n
 
 
-def is_meta_folder(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "params.json").is_file() and any(folder.glob("consolidated.*.pth"))
-
-
 def shard_files(folder: Path) -> list[Path]:
     """consolidated.00.pth .. consolidated.NN.pth, checked to be complete."""
     files = sorted(folder.glob("consolidated.*.pth"))

@@ -32,7 +32,6 @@ class Exam(BenchmarkPlugin):
         "default": PromptStyle(),
         "cla2": Cla2Style(system="You are a helpful assistant. 你是一个乐于助人的助手。", mode="logits"),
     }
-    shipped_mapping = ""
     columns: dict[str, str] = {}
 
     # ---- the generic eval command: check -> prepare -> run -> table ----------------------------
