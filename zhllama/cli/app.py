@@ -93,7 +93,9 @@ def _quiet_libraries(debug: bool) -> None:
         import warnings
 
         warnings.filterwarnings("ignore")
-        for name in ("transformers", "datasets", "peft", "accelerate", "bitsandbytes", "torch"):
+        # kernels: bitsandbytes' CPU backend asks it for a hub kernel at import on AVX512-BF16 CPUs,
+        # and it warns (e.g. "Skipping publisher trust check ... offline mode") on stderr
+        for name in ("transformers", "datasets", "peft", "accelerate", "bitsandbytes", "kernels", "torch"):
             logging.getLogger(name).setLevel(logging.ERROR)
     if not debug or not console.progress_enabled():
         # transformers' own progress bars follow huggingface_hub's switch, read when they are
