@@ -107,7 +107,7 @@ def engines_by_priority() -> list[tuple[str, type]]:
             found.append((name, registry.load("engines", name, check_requirements=False)))
         except UserError:
             continue
-    return sorted(found, key=lambda item: (-int(getattr(item[1], "priority", 0)), item[0]))
+    return sorted(found, key=lambda item: (-item[1].priority, item[0]))  # registry: EnginePlugin subclasses
 
 
 def _accepting(path: Path, engines: list[tuple[str, type]]) -> str | None:

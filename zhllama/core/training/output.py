@@ -142,7 +142,7 @@ def check_checkpoint(ckpt: Path, cfg, kind: str) -> None:
     with safe_globals():  # the numpy RNG state the Trainer itself allows in rng_state.pth
         validate_checkpoint_dir(ckpt)
     state = read_json(ckpt / "trainer_state.json")  # validated above: a JSON object
-    if not isinstance(state, dict) or state.get("global_step") != _step(ckpt):
+    if state.get("global_step") != _step(ckpt):
         raise UserError(f"{ckpt / 'trainer_state.json'}: global_step does not match the folder name")
     progress = read_json(ckpt / PROGRESS_FILE, expect=None, optional=True)  # absent: before tasks were recorded
     written_by = progress.get("kind") if isinstance(progress, dict) else None
